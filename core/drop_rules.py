@@ -1,0 +1,146 @@
+"""Rules that turn influence scores into a drop set.
+
+Scores follow the engine's sign: positive means removing the sample is predicted to lower
+validation loss. Every rule returns a boolean mask over the training samples (True = drop).
+
+Why the default is not the paper's rule: near a minimum of the training loss the per-sample
+gradients sum to about zero, so the scores sum to about zero and roughly half are positive.
+"Drop every positive score" then removes a third to two thirds of the data, often most of one class,
+and retraining without it raised validation loss in every measurement we know of on the digits CNN.
+The default, ``validated``, instead chooses *how many* to drop on validation data that did not
+produce the ranking (two-fold cross-fitting over a split validation set), caps the total, and caps
+each class.
+"""
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+RULES = ("validated", "paper", "threshold", "top_k", "top_fraction")
+
+#: The largest share of any class a rule may drop unless the person changes it.
+DEFAULT_CLASS_CAP = 1 / 3
+#: The largest share of the training set the validated rule may drop.
+DEFAULT_MAX_FRACTION = 0.10
+
+
+@dataclass
+class DropRule:
+    """A drop rule and its parameter.
+
+    ``name`` is one of ``RULES``. ``value`` is the threshold for "threshold", the count for "top_k",
+    the share for "top_fraction", and the maximum share for "validated"; "paper" ignores it.
+    ``class_cap`` is the largest share of any one class that may be dropped (1.0 for no cap).
+    """
+
+    name: str = "validated"
+    value: Optional[float] = DEFAULT_MAX_FRACTION
+    class_cap: float = DEFAULT_CLASS_CAP
+
+    def __post_init__(self):
+        if self.name not in RULES:
+            raise ValueError(f"unknown drop rule {self.name!r}; choose one of {RULES}")
+        if not 0.0 < self.class_cap <= 1.0:
+            raise ValueError(f"class_cap {self.class_cap} must be in (0, 1]")
+        if self.name in ("top_k",) and (self.value is None or self.value < 0):
+            raise ValueError(f"top_k needs a count >= 0, got {self.value}")
+        if self.name in ("top_fraction", "validated") and self.value is not None and not 0 <= self.value <= 1:
+            raise ValueError(f"{self.name} needs a share in [0, 1], got {self.value}")
+        if self.name == "threshold" and self.value is None:
+            raise ValueError("threshold needs a value: samples with influence above it are dropped")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DropRule":
+        return cls(**data)
+
+    def describe(self) -> str:
+        """One line in plain words, for the app and the command line."""
+        cap = "" if self.class_cap >= 1 else f", at most {self.class_cap:.0%} of any class"
+        if self.name == "paper":
+            text = "paper's rule: drop every sample with influence > 0"
+        elif self.name == "threshold":
+            text = f"drop samples with influence > {self.value:g}"
+        elif self.name == "top_k":
+            text = f"drop the {int(self.value)} most unfavorable samples"
+        elif self.name == "top_fraction":
+            text = f"drop the most unfavorable {self.value:.1%}"
+        else:
+            text = (f"validated: drop the top k chosen on held-out validation halves "
+                    f"(at most {self.value:.0%} of the data)")
+        return text + cap
+
+
+def cap_per_class(drop: np.ndarray, scores: np.ndarray, labels: np.ndarray, cap: float) -> np.ndarray:
+    """Keep at most ``floor(cap * class size)`` drops in each class, the highest-scoring ones."""
+    if cap >= 1.0:
+        return drop
+    capped = np.zeros_like(drop)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        limit = int(np.floor(cap * len(members)))
+        chosen = members[drop[members]]
+        chosen = chosen[np.argsort(-scores[chosen], kind="stable")][:limit]
+        capped[chosen] = True
+    return capped
+
+
+def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
+    """Mark the ``k`` highest scores that are positive (a favorable sample is never dropped by rank)."""
+    mask = np.zeros(len(scores), dtype=bool)
+    order = np.argsort(-scores, kind="stable")[:max(int(k), 0)]
+    mask[order[scores[order] > 0]] = True
+    return mask
+
+
+def cross_fitted_gain(rank_scores: np.ndarray, check_scores: np.ndarray) -> np.ndarray:
+    """Return ``gain[k]``: the check half's total influence of the top ``k`` by the ranking half.
+
+    ``gain[0] = 0``. By the sign convention a larger gain predicts a larger drop of the check
+    half's validation loss, and the check half took no part in the ranking.
+    """
+    order = np.argsort(-rank_scores, kind="stable")
+    return np.concatenate([[0.0], np.cumsum(check_scores[order])])
+
+
+def choose_validated_k(scores_a: np.ndarray, scores_b: np.ndarray, max_fraction: float) -> tuple:
+    """Choose how many to drop by two-fold cross-fitting over validation halves A and B.
+
+    Rank by A and sum B's influence down that ranking, and the other way round; the chosen ``k``
+    maximises the mean of the two curves over ``0..max_fraction * n``. Returns ``(k, curve)``.
+    """
+    n = len(scores_a)
+    limit = int(np.floor(max_fraction * n))
+    curve = (cross_fitted_gain(scores_a, scores_b) + cross_fitted_gain(scores_b, scores_a)) / 2
+    k = int(np.argmax(curve[:limit + 1]))
+    return k, curve
+
+
+def select_drop(rule: DropRule, scores: np.ndarray, labels: np.ndarray,
+                scores_a: Optional[np.ndarray] = None, scores_b: Optional[np.ndarray] = None) -> np.ndarray:
+    """Apply ``rule`` and its class cap; return the boolean drop mask.
+
+    ``scores_a`` and ``scores_b`` are the influences on the two validation halves (their sum is
+    ``scores``); only the "validated" rule needs them.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    if rule.name == "paper":
+        drop = scores > 0
+    elif rule.name == "threshold":
+        drop = scores > rule.value
+    elif rule.name == "top_k":
+        drop = top_k_mask(scores, int(rule.value))
+    elif rule.name == "top_fraction":
+        drop = top_k_mask(scores, int(round(rule.value * len(scores))))
+    else:
+        if scores_a is None or scores_b is None:
+            raise ValueError("the validated rule needs the influence on both validation halves "
+                             "(influence_a and influence_b); rescore the run or choose another rule")
+        max_fraction = DEFAULT_MAX_FRACTION if rule.value is None else rule.value
+        k, _ = choose_validated_k(np.asarray(scores_a), np.asarray(scores_b), max_fraction)
+        drop = top_k_mask(scores, k)
+    return cap_per_class(drop, scores, labels, rule.class_cap)

@@ -1,0 +1,49 @@
+"""Per-sample losses and predictions, and error overall and per class."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.datasets.base import iterate_batches
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data, batch_size: int = 512, device=None) -> tuple:
+    """Return ``(losses, predictions)`` as NumPy arrays, one entry per sample in ``data`` order.
+
+    The model is evaluated in eval mode; its train/eval mode is restored afterwards.
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    losses, predictions = [], []
+    for inputs, targets, _ in iterate_batches(data, batch_size):
+        logits = model(inputs.to(device))
+        losses.append(F.cross_entropy(logits, targets.to(device), reduction="none").float().cpu())
+        predictions.append(logits.argmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(losses).numpy(), torch.cat(predictions).numpy()
+
+
+def error_report(labels: np.ndarray, predictions: np.ndarray, losses: np.ndarray, num_classes: int) -> dict:
+    """Summarise predictions: overall ``error`` and mean ``loss``, and ``per_class`` rows.
+
+    Each per-class row has ``class``, ``count``, ``errors`` and ``error`` (nan for an empty class).
+    """
+    wrong = predictions != labels
+    per_class = []
+    for c in range(num_classes):
+        mask = labels == c
+        count = int(mask.sum())
+        errors = int(wrong[mask].sum())
+        per_class.append({"class": c, "count": count, "errors": errors,
+                          "error": errors / count if count else float("nan")})
+    return {"error": float(wrong.mean()), "loss": float(losses.mean()), "count": int(len(labels)),
+            "per_class": per_class}
+
+
+def evaluate(model: nn.Module, data, num_classes: int, device=None) -> dict:
+    """Return the ``error_report`` of ``model`` on ``data``."""
+    losses, predictions = predict(model, data, device=device)
+    return error_report(np.asarray(data.labels), predictions, losses, num_classes)

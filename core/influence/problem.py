@@ -1,0 +1,175 @@
+"""A trained model seen as a function of a flat parameter vector, with gradients and curvature products.
+
+All derivatives are taken in eval mode: BatchNorm uses its running statistics, which are passed in
+as fixed buffers and never updated, and Dropout is off. The model's own train/eval mode and its
+buffers are left as they were.
+"""
+
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, linearize, vjp
+
+from core.datasets.base import iterate_batches
+from core.influence.errors import NonFiniteGradientError
+
+#: ``loss_fn(outputs, targets) -> per-sample losses`` (``reduction="none"``).
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+CURVATURES = ("hessian", "gauss_newton")
+
+
+def select_parameters(model: nn.Module, params: Union[str, Sequence[str]]) -> list:
+    """Return the names of the parameters that influence is taken with respect to.
+
+    ``params`` is "all", "last_layer" (the parameters of the last module that owns any), or a list
+    of module or parameter name prefixes such as ``["classifier.3"]``.
+    """
+    named = [name for name, p in model.named_parameters() if p.requires_grad]
+    if params in (None, "all"):
+        return named
+    if params == "last_layer":
+        owners = [name for name, module in model.named_modules()
+                  if any(True for _ in module.parameters(recurse=False))]
+        last = owners[-1]
+        prefix = f"{last}." if last else ""
+        return [name for name in named if name.startswith(prefix) and "." not in name[len(prefix):]]
+    if isinstance(params, str):
+        params = [p.strip() for p in params.split(",") if p.strip()]
+    chosen = [name for name in named if any(name == p or name.startswith(f"{p}.") for p in params)]
+    if not chosen:
+        raise ValueError(f"parameter selection {list(params)} matches no parameter; "
+                         f"names look like {named[:4]}")
+    return chosen
+
+
+class InfluenceProblem:
+    """Per-sample losses, gradients and Hessian- or Gauss-Newton-vector products at fixed parameters.
+
+    ``theta`` is the flat vector of the selected parameters; all other parameters and all buffers
+    stay fixed. ``dtype`` defaults to the model's. ``curvature`` is "hessian" (the true Hessian of
+    the mean training loss) or "gauss_newton" (``J^T H_out J``, positive semi-definite for convex
+    losses such as cross-entropy and MSE).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, train, params="all",
+                 curvature: str = "gauss_newton", batch_size: int = 256, dtype: Optional[torch.dtype] = None,
+                 cache_limit: int = 20_000):
+        if curvature not in CURVATURES:
+            raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.train = train
+        self.curvature = curvature
+        self.batch_size = batch_size
+        first = next(model.parameters())
+        self.device = first.device
+        self.dtype = dtype or first.dtype
+
+        self.names = select_parameters(model, params)
+        state = {name: p.detach().to(self.dtype) for name, p in model.named_parameters()}
+        state.update({name: b.detach() if not b.is_floating_point() else b.detach().to(self.dtype)
+                      for name, b in model.named_buffers()})
+        self.shapes = [state[name].shape for name in self.names]
+        self.sizes = [state[name].numel() for name in self.names]
+        self.theta = torch.cat([state[name].reshape(-1) for name in self.names])
+        self.fixed = {name: value for name, value in state.items() if name not in set(self.names)}
+        self.num_train = len(train.dataset) if hasattr(train, "dataset") else len(train)
+        # Full-data Gauss-Newton products reuse each batch's linearisation when the training set
+        # has at most ``cache_limit`` samples; this halves their cost but keeps every batch's
+        # activations in memory, so large sets recompute them instead.
+        self.cache_limit = cache_limit
+        self._linearised = None
+
+    @property
+    def num_params(self) -> int:
+        return self.theta.numel()
+
+    def outputs(self, flat: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Evaluate the model in eval mode with the selected parameters set to ``flat``."""
+        pieces = torch.split(flat, self.sizes)
+        params = {name: piece.view(shape) for name, piece, shape in zip(self.names, pieces, self.shapes)}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return functional_call(self.model, {**self.fixed, **params}, (inputs,))
+        finally:
+            self.model.train(was_training)
+
+    def losses(self, flat: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-sample losses at parameters ``flat``."""
+        return self.loss_fn(self.outputs(flat, inputs), targets)
+
+    def batches(self, data, indices=None) -> Iterable:
+        """Yield ``(inputs, targets, positions)`` on the problem's device and dtype."""
+        for inputs, targets, positions in iterate_batches(data, self.batch_size, indices=indices):
+            inputs = inputs.to(self.device, self.dtype)
+            targets = targets.to(self.device)
+            if targets.is_floating_point():
+                targets = targets.to(self.dtype)
+            yield inputs, targets, positions
+
+    def loss_gradient_sum(self, data, name: str = "validation") -> torch.Tensor:
+        """Return ``sum_j grad L(z_j)`` over all samples of ``data``; raise on NaN or infinity."""
+        total = torch.zeros_like(self.theta)
+        for inputs, targets, _ in self.batches(data):
+            total += grad(lambda p: self.losses(p, inputs, targets).sum())(self.theta)
+        if not torch.isfinite(total).all():
+            raise NonFiniteGradientError(
+                f"the {name} loss gradient contains NaN or infinity "
+                f"({int((~torch.isfinite(total)).sum())} of {total.numel()} entries); check the "
+                f"{name} inputs for NaN and the model's outputs for overflow before computing influence")
+        return total
+
+    def batch_curvature_product(self, vector: torch.Tensor, inputs, targets) -> torch.Tensor:
+        """Return the curvature of the batch's *summed* loss times ``vector``."""
+        if self.curvature == "hessian":
+            # Forward-over-reverse: the directional derivative of the gradient along ``vector``.
+            batch_grad = grad(lambda p: self.losses(p, inputs, targets).sum())
+            return jvp(batch_grad, (self.theta,), (vector,))[1]
+
+        # Gauss-Newton: J^T H_out J v, with J the Jacobian of the outputs and H_out the Hessian of
+        # the loss with respect to the outputs.
+        outputs, output_tangent = jvp(lambda p: self.outputs(p, inputs), (self.theta,), (vector,))
+        output_grad = grad(lambda z: self.loss_fn(z, targets).sum())
+        curved = jvp(output_grad, (outputs.detach(),), (output_tangent,))[1]
+        _, pullback = vjp(lambda p: self.outputs(p, inputs), self.theta)
+        return pullback(curved)[0]
+
+    def curvature_product(self, vector: torch.Tensor, batch=None) -> torch.Tensor:
+        """Return ``H v`` for the mean training loss, over all training data or one ``batch``.
+
+        ``batch`` is ``(inputs, targets)``; the product is then the batch's mean-loss curvature,
+        an unbiased estimate of the full one.
+        """
+        if batch is not None:
+            inputs, targets = batch
+            return self.batch_curvature_product(vector, inputs, targets) / len(targets)
+        if self.curvature == "gauss_newton" and self.num_train <= self.cache_limit:
+            return self._cached_gauss_newton_product(vector)
+        total = torch.zeros_like(self.theta)
+        for inputs, targets, _ in self.batches(self.train):
+            total += self.batch_curvature_product(vector, inputs, targets)
+        return total / self.num_train
+
+    def _cached_gauss_newton_product(self, vector: torch.Tensor) -> torch.Tensor:
+        if self._linearised is None:
+            self._linearised = []
+            for inputs, targets, _ in self.batches(self.train):
+                def forward(p, inputs=inputs):
+                    return self.outputs(p, inputs)
+                outputs, push_forward = linearize(forward, self.theta)
+                _, pullback = vjp(forward, self.theta)
+                self._linearised.append((outputs.detach(), targets, push_forward, pullback))
+
+        total = torch.zeros_like(self.theta)
+        for outputs, targets, push_forward, pullback in self._linearised:
+            output_grad = grad(lambda z, targets=targets: self.loss_fn(z, targets).sum())
+            curved = jvp(output_grad, (outputs,), (push_forward(vector),))[1]
+            total += pullback(curved)[0]
+        return total / self.num_train
+
+    def directional_derivatives(self, vector: torch.Tensor, inputs, targets) -> torch.Tensor:
+        """Return ``grad L(x_i) . vector`` for every sample of the batch in one forward-mode pass."""
+        return jvp(lambda p: self.losses(p, inputs, targets), (self.theta,), (vector,))[1]

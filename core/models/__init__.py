@@ -1,0 +1,44 @@
+"""Model builders by name. Every builder is deterministic under ``torch.manual_seed``."""
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from core.models.logreg import LogisticRegression
+from core.models.small_cnn import SmallCNN
+
+
+def _build_small_cnn(num_classes: int, in_channels: int, image_size: tuple, **options) -> nn.Module:
+    return SmallCNN(num_classes=num_classes, in_channels=in_channels, **options)
+
+
+def _build_logreg(num_classes: int, in_channels: int, image_size: tuple, **options) -> nn.Module:
+    return LogisticRegression(num_classes=num_classes, num_features=in_channels * math.prod(image_size))
+
+
+#: Builders by name: ``builder(num_classes, in_channels, image_size, **options) -> nn.Module``.
+BUILDERS: dict = {"small_cnn": _build_small_cnn, "logreg": _build_logreg}
+
+
+def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: tuple = (8, 8),
+                seed: int = None, **options) -> nn.Module:
+    """Build model ``name``; with ``seed`` the initial weights are the same on every call."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(BUILDERS)}")
+    if seed is None:
+        return BUILDERS[name](num_classes, in_channels, tuple(image_size), **options)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return BUILDERS[name](num_classes, in_channels, tuple(image_size), **options)
+
+
+def register_model(name: str, builder: Callable) -> None:
+    """Add a builder to the registry under ``name``."""
+    BUILDERS[name] = builder
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Return the number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

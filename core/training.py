@@ -1,0 +1,133 @@
+"""The training loop for both rounds: seeded, checkpointed every epoch, stopped on a NaN loss."""
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.augment import build_augmentation
+from core.datasets.base import iterate_batches
+from core.progress import ProgressFn, report
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RuntimeError):
+    """Raised when the training loss becomes NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Training hyperparameters. ``milestones`` are epochs at which the learning rate is multiplied by ``gamma``."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    milestones: list = field(default_factory=list)
+    gamma: float = 0.1
+    augmentation: str = "none"
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay, nesterov=False)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'adam' or 'sgd'")
+
+
+def _save_atomic(obj, path: str) -> None:
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(model: nn.Module, data, config: TrainConfig, indices: Optional[np.ndarray] = None,
+          device: Optional[torch.device] = None, progress: Optional[ProgressFn] = None,
+          checkpoint_path: Optional[str] = None, stage: str = "train") -> list:
+    """Train ``model`` in place on ``data`` (restricted to ``indices`` when given) with cross-entropy.
+
+    Returns the history, one dict per epoch: ``epoch``, ``loss`` (mean training loss), ``accuracy``,
+    ``lr`` and ``seconds``. With ``checkpoint_path`` the model, optimizer and history are saved after
+    every finished epoch, and an existing checkpoint is resumed from. Shuffling is seeded per epoch,
+    so a resumed run sees the same batches as an uninterrupted one.
+
+    Raises ``TrainingDivergedError`` when a batch loss is NaN or infinite; the checkpoint of the last
+    finished epoch is kept.
+    """
+    device = device or next(model.parameters()).device
+    model.to(device)
+    optimizer = _make_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.milestones),
+                                                     gamma=config.gamma)
+    augment = build_augmentation(config.augmentation)
+    history: list = []
+    start_epoch = 0
+
+    if checkpoint_path and os.path.exists(checkpoint_path):
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = list(state["history"])
+        start_epoch = len(history)
+        logger.info("resumed %s from epoch %d (%s)", stage, start_epoch, checkpoint_path)
+
+    n = len(data) if indices is None else len(indices)
+    if n == 0:
+        raise ValueError("the training set is empty; keep at least one sample per class")
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        model.train()
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        loss_sum, correct, seen = 0.0, 0, 0
+
+        for step, (inputs, targets, _) in enumerate(iterate_batches(
+                data, config.batch_size, shuffle=True, generator=generator, indices=indices)):
+            if augment is not None:
+                inputs = augment(inputs, generator)
+            inputs, targets = inputs.to(device), targets.to(device)
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, targets)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"{stage}: training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    f"lower the learning rate (now {scheduler.get_last_lr()[0]:g}) or check the inputs "
+                    f"for NaN. The checkpoint of the last finished epoch ({epoch}) is kept.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+            loss_sum += loss.item() * len(targets)
+            correct += (logits.argmax(1) == targets).sum().item()
+            seen += len(targets)
+            report(progress, stage, epoch * steps_per_epoch + step + 1, total_steps,
+                   f"epoch {epoch + 1}/{config.epochs}")
+
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen,
+                        "lr": lr, "seconds": time.perf_counter() - started})
+        if checkpoint_path:
+            _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "history": history}, checkpoint_path)
+
+    return history

@@ -1,0 +1,277 @@
+"""The ``curator`` command line: the whole pipeline headless, export, results, and the app."""
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+logger = logging.getLogger("curator")
+
+
+def _add_workspace(parser):
+    parser.add_argument("--workspace", default=None,
+                        help="workspace folder holding curator.duckdb and one folder per run "
+                             "(default: $CURATOR_WORKSPACE or ./workspace)")
+
+
+def _add_run_options(parser):
+    from core.drop_rules import RULES
+    from core.influence import defaults
+
+    parser.add_argument("--dataset", default="digits", help="dataset name (default: digits, embedded)")
+    parser.add_argument("--data-dir", default=None, help="folder of the dataset's files, for datasets on disk")
+    parser.add_argument("--model", default="small_cnn", help="model name (default: small_cnn)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and the noise")
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs of each round (default: 30)")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default: 64)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3, Adam)")
+    parser.add_argument("--label-noise", type=float, default=0.0,
+                        help="share of training labels to flip for a demo, e.g. 0.1 (default: 0)")
+    parser.add_argument("--solver", default=defaults.SOLVER, choices=["cg", "exact", "lissa", "paper"],
+                        help=f"inverse-Hessian solver (default: {defaults.SOLVER})")
+    parser.add_argument("--curvature", default=defaults.CURVATURE, choices=["gauss_newton", "hessian"],
+                        help=f"curvature matrix (default: {defaults.CURVATURE})")
+    parser.add_argument("--damping", type=float, default=defaults.DAMPING,
+                        help=f"added to the curvature's diagonal (default: {defaults.DAMPING})")
+    parser.add_argument("--params", default="all",
+                        help="parameters to take influence over: all, last_layer, or module names joined by commas")
+    parser.add_argument("--drop-rule", default="validated", choices=RULES,
+                        help="drop rule (default: validated; 'paper' drops every positive score)")
+    parser.add_argument("--drop-value", type=float, default=None,
+                        help="the rule's value: threshold, count (top_k), share (top_fraction) or "
+                             "maximum share (validated, default 0.1)")
+    parser.add_argument("--class-cap", type=float, default=1 / 3,
+                        help="largest share of any class that may be dropped (default: 0.333)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="curator", description="Find training samples that hurt a model, review them, retrain without them.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run round 1, scoring, the drop rule and round 2 headless",
+                              description="Run the whole two-round pipeline and print a summary.")
+    _add_workspace(run)
+    _add_run_options(run)
+    run.add_argument("--no-round2", action="store_true", help="stop after scoring and the drop rule")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    resume = commands.add_parser("resume", help="continue an interrupted run from its last finished step")
+    _add_workspace(resume)
+    resume.add_argument("--run", required=True, help="run id")
+
+    job = commands.add_parser("job", help="run stages of an existing run (used by the app)")
+    _add_workspace(job)
+    job.add_argument("--run", required=True, help="run id")
+    job.add_argument("--stages", required=True, help="comma-separated stages: round1,score,rule,approve,round2")
+    job.add_argument("--approval", type=int, default=None, help="approval id for round2 (default: the latest)")
+
+    export = commands.add_parser("export", help="write the curated index of an approved drop set")
+    _add_workspace(export)
+    export.add_argument("--run", default=None, help="run id (default: the latest run)")
+    export.add_argument("--approval", type=int, default=None, help="approval id (default: the latest)")
+    export.add_argument("--format", choices=["csv", "json", "parquet"], default=None,
+                        help="file format (default: from the output file's suffix)")
+    export.add_argument("--output", required=True, help="file to write")
+
+    results = commands.add_parser("results", help="print a run's settings, diagnostics and metrics")
+    _add_workspace(results)
+    results.add_argument("--run", default=None, help="run id (default: the latest run)")
+    results.add_argument("--format", choices=["json", "text"], default="text", help="output format")
+    results.add_argument("--list", action="store_true", help="list all runs instead")
+
+    app = commands.add_parser("app", help="start the Streamlit app")
+    _add_workspace(app)
+    app.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (default: 8501)")
+    return parser
+
+
+def _open(args):
+    from curator.store import Store
+    from curator.workspace import Workspace
+
+    workspace = Workspace(args.workspace)
+    return workspace, Store(workspace)
+
+
+class _ProgressBar:
+    """A tqdm bar per stage, fed by the engine's progress callback."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, stage, step, total, message=""):
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=total or None, desc=stage, unit="step", leave=True, dynamic_ncols=True,
+                            mininterval=0.5 if sys.stderr.isatty() else 5.0)
+        if total and self.bar.total != total:
+            self.bar.total = total
+        self.bar.set_postfix_str(message, refresh=False)
+        self.bar.update(step - self.bar.n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _config_from_args(args):
+    from core.drop_rules import DEFAULT_MAX_FRACTION, DropRule
+    from curator.config import RunConfig
+
+    value = args.drop_value
+    if value is None and args.drop_rule == "validated":
+        value = DEFAULT_MAX_FRACTION
+    if value is None and args.drop_rule in ("threshold", "top_k", "top_fraction"):
+        raise SystemExit(f"curator run: --drop-rule {args.drop_rule} needs --drop-value")
+    rule = DropRule(args.drop_rule, value, args.class_cap)
+    return RunConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model, seed=args.seed,
+                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, label_noise=args.label_noise,
+                     solver=args.solver, curvature=args.curvature, damping=args.damping, params=args.params,
+                     drop_rule=rule.to_dict(), device=args.device)
+
+
+def _run_job(workspace, store, run_id, stages, approval_id=None, quiet=True):
+    from curator.pipeline import run_stages
+    from curator.progress import ProgressFile
+
+    folder = workspace.run_dir(run_id)
+    (folder / "job.pid").write_text(str(os.getpid()))
+    bar = _ProgressBar(not quiet)
+    try:
+        run_stages(workspace, store, run_id, stages, ProgressFile(folder / "progress.json", echo=bar), approval_id)
+    finally:
+        bar.close()
+
+
+def _print_summary(results: dict) -> None:
+    from curator.results import test_errors
+
+    errors = test_errors(results)
+    drop = results.get("drop_set") or {}
+    print(f"run {results['run_id']}: {results['dataset']} / {results['model']}, status {results['status']}")
+    if drop:
+        print(f"  drop set: {drop['dropped']} of {drop['total']} training samples ({drop['rule_description']})")
+        if drop.get("flipped"):
+            print(f"  flipped labels dropped: {drop['flipped_dropped']} of {drop['flipped']}")
+    for round_number, error in sorted(errors.items()):
+        print(f"  round {round_number} test error: {error:.4f}")
+    for warning in (results["diagnostics"].get("influence") or {}).get("convergence_warnings", []):
+        print(f"  warning: {warning}")
+    seconds = results.get("timings", {})
+    if seconds:
+        print("  seconds: " + ", ".join(f"{key.replace('_seconds', '')} {value:.1f}" for key, value in seconds.items()))
+
+
+def _command_run(args) -> int:
+    from curator.pipeline import create_run
+    from curator.results import run_results
+
+    config = _config_from_args(args)
+    workspace, store = _open(args)
+    started = time.perf_counter()
+    run_id = create_run(workspace, store, config)
+    print(f"run {run_id} in {workspace.root}", file=sys.stderr)
+    stages = ["round1", "score", "rule"] + ([] if args.no_round2 else ["approve", "round2"])
+    _run_job(workspace, store, run_id, stages, quiet=args.quiet)
+    results = run_results(store, workspace, run_id)
+    _print_summary(results)
+    print(f"  total: {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _command_resume(args) -> int:
+    from curator import decisions, runs
+    from curator.results import run_results
+
+    workspace, store = _open(args)
+    run = runs.get_run(store, args.run)
+    stages = ["round1", "score", "rule"]
+    try:
+        decisions.get_approval(store, args.run)
+        stages.append("round2")
+    except LookupError:
+        pass
+    if run["stage"] == "round2" and "round2" not in stages:
+        stages += ["approve", "round2"]
+    _run_job(workspace, store, args.run, stages, quiet=False)
+    _print_summary(run_results(store, workspace, args.run))
+    return 0
+
+
+def _resolve_run(store, run_id):
+    from curator import runs
+
+    run_id = run_id or runs.latest_run_id(store)
+    if run_id is None:
+        raise SystemExit("no runs in this workspace yet; start one with `curator run`")
+    return run_id
+
+
+def _command_export(args) -> int:
+    from curator.export import export
+
+    workspace, store = _open(args)
+    path = export(store, _resolve_run(store, args.run), args.output, args.format, args.approval)
+    print(path)
+    return 0
+
+
+def _command_results(args) -> int:
+    from curator import runs
+    from curator.results import run_results
+
+    workspace, store = _open(args)
+    if args.list:
+        frame = runs.list_runs(store)
+        print(frame.to_json(orient="records", date_format="iso") if args.format == "json" else frame.to_string())
+        return 0
+    results = run_results(store, workspace, _resolve_run(store, args.run))
+    if args.format == "json":
+        print(json.dumps(results, indent=1, default=str))
+    else:
+        _print_summary(results)
+    return 0
+
+
+def _command_app(args) -> int:
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    if args.workspace:
+        env["CURATOR_WORKSPACE"] = str(Path(args.workspace).resolve())
+    command = [sys.executable, "-m", "streamlit", "run", str(root / "run_app.py"),
+               "--server.address", "127.0.0.1", "--server.port", str(args.port)]
+    return subprocess.call(command, cwd=root, env=env)
+
+
+def main(argv=None) -> int:
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    handlers = {"run": _command_run, "resume": _command_resume, "export": _command_export,
+                "results": _command_results, "app": _command_app}
+    try:
+        if args.command == "job":
+            workspace, store = _open(args)
+            _run_job(workspace, store, args.run, args.stages.split(","), args.approval)
+            return 0
+        return handlers[args.command](args)
+    except (ValueError, LookupError, FileNotFoundError, RuntimeError) as error:
+        print(f"curator {args.command}: error: {error}", file=sys.stderr)
+        return 2

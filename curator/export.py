@@ -1,0 +1,66 @@
+"""Export an approved drop set as the curated index: CSV, JSON or Parquet."""
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from curator import decisions
+from curator.store import Store
+
+FORMATS = ("csv", "json", "parquet")
+COLUMNS = ["index", "sample_id", "label", "influence", "decision"]
+
+
+def curated_index(store: Store, run_id: str, approval_id: Optional[int] = None) -> pd.DataFrame:
+    """Return the approved set's rows: ``index`` (0-based position in the training split),
+    ``sample_id``, ``label``, ``influence``, ``decision``, and ``true_label`` when labels were flipped."""
+    approval = decisions.get_approval(store, run_id, approval_id)
+    frame = pd.read_parquet(approval["path"])
+    columns = list(COLUMNS)
+    if frame["true_label"].notna().any():
+        columns.append("true_label")
+    return frame[columns].sort_values("index").reset_index(drop=True)
+
+
+def export(store: Store, run_id: str, output: str, fmt: Optional[str] = None,
+           approval_id: Optional[int] = None) -> Path:
+    """Write the curated index to ``output`` (format from ``fmt`` or the file suffix); return the path.
+
+    The file is written to a temporary name and renamed, so an existing file is replaced whole or not at all.
+    """
+    path = Path(output).expanduser().resolve()
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r} for {output}; use one of {FORMATS}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"export folder {path.parent} does not exist; create it or choose another --output")
+    frame = curated_index(store, run_id, approval_id)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if fmt == "csv":
+        frame.to_csv(tmp, index=False)
+    elif fmt == "parquet":
+        frame.to_parquet(tmp, index=False)
+    else:
+        tmp.write_text(to_json(frame))
+    os.replace(tmp, path)
+    return path
+
+
+def to_json(frame: pd.DataFrame) -> str:
+    """A JSON array of row objects; missing values become null."""
+    records = json.loads(frame.to_json(orient="records"))
+    return json.dumps(records, indent=1)
+
+
+def to_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
+    """The curated index in ``fmt``, for a browser download."""
+    if fmt == "csv":
+        return frame.to_csv(index=False).encode()
+    if fmt == "json":
+        return to_json(frame).encode()
+    if fmt == "parquet":
+        return frame.to_parquet(index=False)
+    raise ValueError(f"unknown export format {fmt!r}; use one of {FORMATS}")

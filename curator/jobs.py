@@ -1,0 +1,63 @@
+"""Jobs: the command line run as a child process, so the app never trains in its own process.
+
+A job is ``python -m curator job --workspace W --run R --stages ...``. It writes ``job.pid``,
+``job.log`` and ``progress.json`` in the run's folder; the app polls them. A job that died
+(killed, machine closed) is shown as interrupted and can be resumed, because every stage skips
+what it already finished.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+from curator import runs
+from curator.progress import read_progress
+from curator.store import Store
+from curator.workspace import Workspace
+
+
+def start_job(workspace: Workspace, run_id: str, stages: list, approval_id: Optional[int] = None) -> int:
+    """Start the stages of ``run_id`` in a child process and return its pid."""
+    folder = workspace.run_dir(run_id)
+    command = [sys.executable, "-m", "curator", "job", "--workspace", str(workspace.root), "--run", run_id,
+               "--stages", ",".join(stages)]
+    if approval_id is not None:
+        command += ["--approval", str(approval_id)]
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    with open(folder / "job.log", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, env=env, cwd=root)
+    (folder / "job.pid").write_text(str(process.pid))
+    return process.pid
+
+
+def job_state(store: Store, workspace: Workspace, run_id: str) -> dict:
+    """Return ``status`` as the app should show it, with the job's progress and error.
+
+    A run stored as running whose job process is gone is reported as ``interrupted``.
+    """
+    run = runs.get_run(store, run_id)
+    folder = workspace.run_dir(run_id)
+    progress = read_progress(folder / "progress.json")
+    status = run["status"]
+    pid_file = folder / "job.pid"
+    alive = False
+    if pid_file.exists():
+        try:
+            alive = runs.process_alive(int(pid_file.read_text().strip()))
+        except ValueError:
+            alive = False
+    if status == "running" and not alive:
+        status = "interrupted"
+    return {"status": status, "stage": run["stage"], "error": run["error"], "progress": progress, "alive": alive}
+
+
+def log_tail(workspace: Workspace, run_id: str, lines: int = 20) -> str:
+    path = workspace.run_dir(run_id) / "job.log"
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,137 @@
+"""The DuckDB store: small mutable state (runs, decisions, approvals, metrics) in one file.
+
+DuckDB lets only one process open a database file for writing, and a second process fails with
+"Could not set lock on file". So every caller opens the file briefly through ``connect`` and
+closes it at once; a lock conflict is retried with backoff for up to ``timeout`` seconds before a
+``StoreBusyError`` names the file and the fix. Bulk per-sample results are not stored here: jobs
+write them as Parquet files in the run's folder, which queries read with ``read_parquet``.
+"""
+
+import contextlib
+import logging
+import random
+import time
+
+import duckdb
+
+from curator.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE SEQUENCE IF NOT EXISTS event_ids START 1;
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    dataset VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    fingerprint VARCHAR NOT NULL,
+    config JSON NOT NULL,
+    status VARCHAR NOT NULL,
+    stage VARCHAR,
+    error VARCHAR,
+    diagnostics JSON,
+    timings JSON
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    event_id BIGINT PRIMARY KEY DEFAULT nextval('event_ids'),
+    run_id VARCHAR NOT NULL,
+    sample_index INTEGER NOT NULL,
+    decision VARCHAR,
+    source VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rules (
+    event_id BIGINT PRIMARY KEY DEFAULT nextval('event_ids'),
+    run_id VARCHAR NOT NULL,
+    rule JSON NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS approvals (
+    approval_id BIGINT PRIMARY KEY DEFAULT nextval('event_ids'),
+    run_id VARCHAR NOT NULL,
+    rule JSON NOT NULL,
+    n_drop INTEGER NOT NULL,
+    n_total INTEGER NOT NULL,
+    path VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR NOT NULL,
+    round INTEGER NOT NULL,
+    split VARCHAR NOT NULL,
+    approval_id BIGINT,
+    error DOUBLE NOT NULL,
+    loss DOUBLE NOT NULL,
+    count INTEGER NOT NULL,
+    n_train INTEGER NOT NULL,
+    per_class JSON NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    run_id VARCHAR NOT NULL,
+    round INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    loss DOUBLE NOT NULL,
+    accuracy DOUBLE NOT NULL,
+    lr DOUBLE NOT NULL,
+    seconds DOUBLE NOT NULL
+);
+"""
+
+
+class StoreBusyError(RuntimeError):
+    """The database file stayed locked by another process for longer than the timeout."""
+
+
+class Store:
+    """Brief, retried connections to the workspace's DuckDB file."""
+
+    def __init__(self, workspace: Workspace, timeout: float = 20.0):
+        self.workspace = workspace
+        self.path = workspace.database
+        self.timeout = timeout
+        with self.connect() as connection:
+            connection.execute(SCHEMA)
+
+    @contextlib.contextmanager
+    def connect(self):
+        """Yield an open read-write connection inside a transaction, retrying while the file is locked."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.02
+        attempts = 0
+        while True:
+            try:
+                connection = duckdb.connect(str(self.path))
+                break
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower():
+                    raise
+                attempts += 1
+                if time.monotonic() > deadline:
+                    raise StoreBusyError(
+                        f"the workspace database {self.path} stayed locked by another process for "
+                        f"{self.timeout:.0f} s ({attempts} attempts); wait for the running job to "
+                        f"finish, or stop the other process that has it open") from error
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 0.5)
+        try:
+            connection.execute("BEGIN TRANSACTION")
+            yield connection
+            connection.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                connection.execute("ROLLBACK")
+            raise
+        finally:
+            connection.close()
+
+    def query(self, sql: str, parameters=None):
+        """Run one read query and return a pandas DataFrame."""
+        with self.connect() as connection:
+            return connection.execute(sql, parameters or []).df()
+
+    def execute(self, sql: str, parameters=None) -> None:
+        with self.connect() as connection:
+            connection.execute(sql, parameters or [])
