@@ -38,6 +38,8 @@ def _add_run_options(parser):
                         help=f"curvature matrix (default: {defaults.CURVATURE})")
     parser.add_argument("--damping", type=float, default=defaults.DAMPING,
                         help=f"added to the curvature's diagonal (default: {defaults.DAMPING})")
+    parser.add_argument("--solver-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a solver option such as tol=1e-5, max_iter=300, depth=1000 or scale=50; repeatable")
     parser.add_argument("--params", default="all",
                         help="parameters to take influence over: all, last_layer, or module names joined by commas")
     parser.add_argument("--drop-rule", default="validated", choices=RULES,
@@ -140,10 +142,29 @@ def _config_from_args(args):
     if value is None and args.drop_rule in ("threshold", "top_k", "top_fraction"):
         raise SystemExit(f"curator run: --drop-rule {args.drop_rule} needs --drop-value")
     rule = DropRule(args.drop_rule, value, args.class_cap)
-    return RunConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model, seed=args.seed,
+    return RunConfig(solver_options=_parse_solver_options(args.solver_option),
+                     dataset=args.dataset, data_dir=args.data_dir, model=args.model, seed=args.seed,
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, label_noise=args.label_noise,
                      solver=args.solver, curvature=args.curvature, damping=args.damping, params=args.params,
                      drop_rule=rule.to_dict(), device=args.device)
+
+
+def _parse_solver_options(pairs: list) -> dict:
+    """Turn ``["tol=1e-5", "max_iter=300"]`` into ``{"tol": 1e-05, "max_iter": 300}``."""
+    options = {}
+    for pair in pairs:
+        key, separator, text = pair.partition("=")
+        if not separator or not key:
+            raise ValueError(f"solver option {pair!r} must look like KEY=VALUE, e.g. tol=1e-5")
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                value = text
+        options[key.strip()] = value
+    return options
 
 
 def _run_job(workspace, store, run_id, stages, approval_id=None, quiet=True):

@@ -5,6 +5,7 @@ the run. No solver returns a vector containing NaN or infinity: each raises an `
 subclass whose message names the fix instead.
 """
 
+import inspect
 import logging
 import math
 import time
@@ -240,4 +241,8 @@ def make_solver(name: str, **options) -> InverseHVPSolver:
     """Build the solver ``name`` ("exact", "cg" or "lissa") with its options."""
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; choose one of {sorted(SOLVERS)} or 'paper'")
+    accepted = set(inspect.signature(SOLVERS[name]).parameters)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"solver {name!r} has no option(s) {unknown}; its options are {sorted(accepted)}")
     return SOLVERS[name](**options)
