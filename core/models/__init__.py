@@ -1,11 +1,18 @@
 """Model builders by name. Every builder is deterministic under ``torch.manual_seed``."""
 
 import math
+from functools import partial
 from typing import Callable
 
 import torch
 from torch import nn
 
+from core.models.allcnn import build_allcnn_c
+from core.models.cifar_resnet import DEPTHS as CIFAR_RESNET_DEPTHS
+from core.models.cifar_resnet import build_cifar_resnet
+from core.models.densenet import build_densenet40
+from core.models.imagenet_resnet import build_imagenet_resnet
+from core.models.dncnn import DnCNN
 from core.models.logreg import LogisticRegression
 from core.models.small_cnn import SmallCNN
 
@@ -18,8 +25,17 @@ def _build_logreg(num_classes: int, in_channels: int, image_size: tuple, **optio
     return LogisticRegression(num_classes=num_classes, num_features=in_channels * math.prod(image_size))
 
 
+def _build_dncnn(num_classes: int, in_channels: int, image_size: tuple, **options) -> nn.Module:
+    # A denoiser has no classes; num_classes and image_size are accepted for the common signature.
+    return DnCNN(in_channels=in_channels, **options)
+
+
 #: Builders by name: ``builder(num_classes, in_channels, image_size, **options) -> nn.Module``.
-BUILDERS: dict = {"small_cnn": _build_small_cnn, "logreg": _build_logreg}
+BUILDERS: dict = {"small_cnn": _build_small_cnn, "logreg": _build_logreg, "dncnn": _build_dncnn}
+BUILDERS.update({name: partial(build_cifar_resnet, name) for name in CIFAR_RESNET_DEPTHS})
+BUILDERS.update({"densenet40": build_densenet40, "allcnn_c": build_allcnn_c,
+                 "resnet18": partial(build_imagenet_resnet, "resnet18"),
+                 "resnet34": partial(build_imagenet_resnet, "resnet34")})
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: tuple = (8, 8),
