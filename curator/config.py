@@ -6,6 +6,7 @@ from typing import Optional
 
 from core.drop_rules import DropRule
 from core.influence import defaults
+from core.influence.solvers import make_solver
 from core.training import TrainConfig
 
 
@@ -51,6 +52,8 @@ class RunConfig:
         if self.influence_dtype not in ("float32", "float64"):
             raise ValueError(f"influence_dtype must be float32 or float64, got {self.influence_dtype!r}")
         DropRule.from_dict(self.drop_rule)
+        if self.solver != "paper":
+            make_solver(self.solver, **self.all_solver_options())
 
     def train_config(self, round_number: int) -> TrainConfig:
         """Return the training settings of round 1 or 2 (they differ only in augmentation)."""

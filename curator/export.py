@@ -51,7 +51,7 @@ def export(store: Store, run_id: str, output: str, fmt: Optional[str] = None,
 
 def to_json(frame: pd.DataFrame) -> str:
     """A JSON array of row objects; missing values become null."""
-    records = json.loads(frame.to_json(orient="records"))
+    records = json.loads(frame.to_json(orient="records", double_precision=15))
     return json.dumps(records, indent=1)
 
 
