@@ -10,7 +10,7 @@ Example, from a notebook::
 """
 
 from core.influence.errors import (IndefiniteHessianError, InfluenceError, NonFiniteGradientError,
-                                   SolverDivergedError)
+                                   SingularHessianError, SolverDivergedError)
 from core.influence.problem import InfluenceProblem, select_parameters
 from core.influence.scoring import (InfluenceResult, compute_influence, cross_entropy_losses,
                                     influence_scores, score_samples, solve_direction, training_gradient_norm)
@@ -21,5 +21,6 @@ __all__ = [
     "influence_scores", "compute_influence", "cross_entropy_losses", "InfluenceResult", "InfluenceProblem",
     "score_samples", "solve_direction", "training_gradient_norm", "select_parameters",
     "ExactSolver", "ConjugateGradientSolver", "LissaSolver", "make_solver", "estimate_max_eigenvalue",
-    "InfluenceError", "IndefiniteHessianError", "NonFiniteGradientError", "SolverDivergedError",
+    "InfluenceError", "IndefiniteHessianError", "NonFiniteGradientError", "SingularHessianError",
+    "SolverDivergedError",
 ]

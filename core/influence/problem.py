@@ -81,6 +81,7 @@ class InfluenceProblem:
         # activations in memory, so large sets recompute them instead.
         self.cache_limit = cache_limit
         self._linearised = None
+        self._training_gradient = None
 
     @property
     def num_params(self) -> int:
@@ -90,12 +91,16 @@ class InfluenceProblem:
         """Evaluate the model in eval mode with the selected parameters set to ``flat``."""
         pieces = torch.split(flat, self.sizes)
         params = {name: piece.view(shape) for name, piece, shape in zip(self.names, pieces, self.shapes)}
-        was_training = self.model.training
-        self.model.eval()
+        # Each module's own flag is switched and restored, because ``model.train(mode)`` would set
+        # every submodule to one mode and lose a mix such as a frozen BatchNorm in a training model.
+        training = [module for module in self.model.modules() if module.training]
+        for module in training:
+            module.training = False
         try:
             return functional_call(self.model, {**self.fixed, **params}, (inputs,))
         finally:
-            self.model.train(was_training)
+            for module in training:
+                module.training = True
 
     def losses(self, flat: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-sample losses at parameters ``flat``."""
@@ -121,6 +126,12 @@ class InfluenceProblem:
                 f"({int((~torch.isfinite(total)).sum())} of {total.numel()} entries); check the "
                 f"{name} inputs for NaN and the model's outputs for overflow before computing influence")
         return total
+
+    def training_gradient(self) -> torch.Tensor:
+        """Return the gradient of the mean training loss (computed once, then cached)."""
+        if self._training_gradient is None:
+            self._training_gradient = self.loss_gradient_sum(self.train, name="training") / self.num_train
+        return self._training_gradient
 
     def batch_curvature_product(self, vector: torch.Tensor, inputs, targets) -> torch.Tensor:
         """Return the curvature of the batch's *summed* loss times ``vector``."""
@@ -148,9 +159,10 @@ class InfluenceProblem:
             return self.batch_curvature_product(vector, inputs, targets) / len(targets)
         if self.curvature == "gauss_newton" and self.num_train <= self.cache_limit:
             return self._cached_gauss_newton_product(vector)
-        total = torch.zeros_like(self.theta)
+        # Out-of-place sums here and below, so that ``vmap`` over many vectors (the exact solver) works.
+        total = 0
         for inputs, targets, _ in self.batches(self.train):
-            total += self.batch_curvature_product(vector, inputs, targets)
+            total = total + self.batch_curvature_product(vector, inputs, targets)
         return total / self.num_train
 
     def _cached_gauss_newton_product(self, vector: torch.Tensor) -> torch.Tensor:
@@ -163,11 +175,11 @@ class InfluenceProblem:
                 _, pullback = vjp(forward, self.theta)
                 self._linearised.append((outputs.detach(), targets, push_forward, pullback))
 
-        total = torch.zeros_like(self.theta)
+        total = 0
         for outputs, targets, push_forward, pullback in self._linearised:
             output_grad = grad(lambda z, targets=targets: self.loss_fn(z, targets).sum())
             curved = jvp(output_grad, (outputs,), (push_forward(vector),))[1]
-            total += pullback(curved)[0]
+            total = total + pullback(curved)[0]
         return total / self.num_train
 
     def directional_derivatives(self, vector: torch.Tensor, inputs, targets) -> torch.Tensor:

@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from core.influence.errors import NonFiniteGradientError, SolverDivergedError
 from core.influence.problem import InfluenceProblem
 from core.influence.solvers import LissaSolver, make_solver
 from core.progress import ProgressFn, report
@@ -44,12 +45,23 @@ class InfluenceResult:
 
 def score_samples(problem: InfluenceProblem, direction: torch.Tensor, data, indices=None,
                   progress: Optional[ProgressFn] = None) -> torch.Tensor:
-    """Return ``-direction . grad L(x)`` for the samples of ``data`` (or its ``indices``), in order."""
+    """Return ``-direction . grad L(x)`` for the samples of ``data`` (or its ``indices``), in order.
+
+    One forward-mode pass per batch, about the cost of one training step per batch; no
+    per-sample gradient is formed. Raises ``NonFiniteGradientError`` naming the positions of any
+    sample whose score is NaN or infinite.
+    """
     chunks = []
     total = len(data) if indices is None else len(indices)
     done = 0
-    for inputs, targets, _ in problem.batches(data, indices=indices):
-        chunks.append(-problem.directional_derivatives(direction, inputs, targets).detach())
+    for inputs, targets, positions in problem.batches(data, indices=indices):
+        scores = -problem.directional_derivatives(direction, inputs, targets).detach()
+        bad = ~torch.isfinite(scores)
+        if bad.any():
+            raise NonFiniteGradientError(
+                f"the scores of samples at positions {positions[bad.cpu()].tolist()[:10]} are NaN or infinite; "
+                f"check those inputs for NaN or extreme values. No scores were kept")
+        chunks.append(scores)
         done += len(targets)
         report(progress, "score", done, total, "scoring training samples")
     if not chunks:
@@ -61,42 +73,55 @@ def solve_direction(problem: InfluenceProblem, val, solver: str = "cg", damping:
                     progress: Optional[ProgressFn] = None, **solver_options) -> tuple:
     """Return ``(s, diagnostics)`` with ``s = (H + damping*I)^-1 sum_j grad L(v_j)``.
 
+    The validation and the training gradients are checked for NaN and infinity first, so bad
+    inputs raise ``NonFiniteGradientError`` before any curvature product is taken. The training
+    gradient's norm (0 at a minimum) is reported as ``training_gradient_norm``.
+
     ``solver="paper"`` reproduces the data dropout paper's loop instead: one LiSSA solve per
-    validation sample (``max_val_samples`` caps how many), summed afterwards. It gives the same
-    direction as one LiSSA solve of the summed gradient, at ``k`` times the cost.
+    validation sample (``max_val_samples`` caps how many), summed afterwards. With the same
+    ``scale`` and batches for every sample, LiSSA is linear in its right-hand side, so the loop
+    gives the same direction as one LiSSA solve of the summed gradient, at ``k`` times the cost.
     """
     if damping < 0:
         raise ValueError(f"damping {damping} must be >= 0")
     started = time.perf_counter()
-    if solver == "paper":
-        return _solve_paper_loop(problem, val, damping, progress, **solver_options)
-
     gradient = problem.loss_gradient_sum(val)
+    training_norm = float(problem.training_gradient().norm())
     gradient_seconds = time.perf_counter() - started
-    direction, diagnostics = make_solver(solver, **solver_options).solve(problem, gradient, damping, progress)
+    if solver == "paper":
+        direction, diagnostics = _solve_paper_loop(problem, val, damping, progress, **solver_options)
+    else:
+        direction, diagnostics = make_solver(solver, **solver_options).solve(problem, gradient, damping, progress)
     if not torch.isfinite(direction).all():
-        raise RuntimeError(f"solver {solver!r} returned a non-finite direction; no scores were computed")
-    diagnostics.update({"validation_gradient_norm": float(gradient.norm()),
+        raise SolverDivergedError(f"solver {solver!r} returned a non-finite direction; no scores were computed. "
+                                  f"Raise damping or use solver='cg'")
+    diagnostics.update({"validation_gradient_norm": float(gradient.norm()), "training_gradient_norm": training_norm,
                         "validation_gradient_seconds": gradient_seconds})
     return direction, diagnostics
 
 
 def _solve_paper_loop(problem, val, damping, progress, max_val_samples: Optional[int] = None, **lissa_options):
     solver = LissaSolver(**lissa_options)
+    solver.scale, estimated = solver.resolve_scale(problem, damping)
     count = len(val) if max_val_samples is None else min(max_val_samples, len(val))
     direction = torch.zeros_like(problem.theta)
+    steps, residuals = [], []
     started = time.perf_counter()
     for j in range(count):
         gradient = problem.loss_gradient_sum(torch.utils.data.Subset(val, [j]))
-        solution, _ = solver.solve(problem, gradient, damping)
+        solution, info = solver.solve(problem, gradient, damping)
         direction += solution
+        steps.extend(info["steps"])
+        residuals.append(info.get("relative_residual"))
         report(progress, "solve", j + 1, count, "paper loop: one LiSSA solve per validation sample")
-    return direction, {"solver": "paper", "validation_samples": count, "seconds": time.perf_counter() - started}
+    return direction, {"solver": "paper", "validation_samples": count, "scale": solver.scale,
+                       "estimated_max_eigenvalue": estimated, "steps": steps, "relative_residuals": residuals,
+                       "seconds": time.perf_counter() - started}
 
 
 def training_gradient_norm(problem: InfluenceProblem) -> float:
     """Return ``||grad of the mean training loss||`` at the problem's parameters (0 at a minimum)."""
-    return float(problem.loss_gradient_sum(problem.train, name="training").norm() / problem.num_train)
+    return float(problem.training_gradient().norm())
 
 
 def compute_influence(model, loss_fn, train, val, solver: str = "cg", damping: float = 0.01,

@@ -3,6 +3,9 @@
 Every solver returns ``(s, diagnostics)``; ``diagnostics`` is a JSON-ready dict that is stored with
 the run. No solver returns a vector containing NaN or infinity: each raises an ``InfluenceError``
 subclass whose message names the fix instead.
+
+Cost is counted in curvature products over the whole training set ("full products"); one costs
+about as much as one training epoch (``benchmarks/influence_speed.py`` measures the ratio).
 """
 
 import inspect
@@ -13,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from core.influence.errors import IndefiniteHessianError, SolverDivergedError
+from core.influence.errors import IndefiniteHessianError, SingularHessianError, SolverDivergedError
 from core.influence.problem import InfluenceProblem
 from core.progress import ProgressFn, report
 
@@ -38,13 +41,35 @@ def _indefinite_message(damping: float, value: float, curvature: str) -> str:
             f"{damping:g}); its inverse would give meaningless scores, so none were computed. To fix: {fix}.")
 
 
+def _singular_message(damping: float, value: float, largest: float) -> str:
+    return (f"H + damping*I is singular: its curvature {value:.3g} along some direction is zero within "
+            f"rounding, next to a largest curvature found of {largest:.3g} (damping {damping:g}). The Hessian is "
+            f"rank-deficient, for example because the model has more parameters than the training data "
+            f"determines, so it has no inverse and no scores were computed. To fix: set damping > 0, "
+            f"e.g. {max(1e-3 * abs(largest), 1e-6):.2g} (1e-3 of that largest curvature).")
+
+
+def singular_tolerance(largest: float, size: int, dtype: torch.dtype) -> float:
+    """Return the eigenvalue below which a ``size x size`` matrix counts as singular.
+
+    The rank rule of LAPACK and ``numpy.linalg.matrix_rank``: ``largest * size * eps(dtype)``,
+    with ``eps`` of the dtype the matrix was computed in.
+    """
+    return abs(largest) * size * torch.finfo(dtype).eps
+
+
 class ExactSolver(InverseHVPSolver):
     """Form ``H`` explicitly and solve through its eigendecomposition.
 
+    Diagnostics report the smallest and largest eigenvalue of ``H`` (undamped), how many are
+    negative, and the condition number of ``H + damping*I``. A damped eigenvalue below
+    ``-singular_tolerance`` raises ``IndefiniteHessianError``; one within ``singular_tolerance`` of
+    zero raises ``SingularHessianError``.
+
     Warnings:
-        Forming ``H`` costs ``P`` curvature products over the training set and ``O(P^2)`` memory;
-        the eigendecomposition costs ``O(P^3)``. Use it for models or parameter subsets of up to a
-        few thousand parameters (``max_params``).
+        Forming ``H`` costs ``P`` curvature products over the training set (batched ``chunk`` at a
+        time with ``vmap``) and ``O(P^2)`` memory; the eigendecomposition costs ``O(P^3)``. Use it
+        for models or parameter subsets of up to a few thousand parameters (``max_params``).
     """
 
     name = "exact"
@@ -73,23 +98,53 @@ class ExactSolver(InverseHVPSolver):
         matrix = self.hessian(problem, progress).double()
         eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
         damped = eigenvalues + damping
+        largest = float(damped.abs().max())
+        tolerance = singular_tolerance(largest, problem.num_params, problem.dtype)
         diagnostics = {"solver": self.name, "min_eigenvalue": float(eigenvalues[0]),
                        "max_eigenvalue": float(eigenvalues[-1]), "min_damped_eigenvalue": float(damped[0]),
-                       "condition_number": float(damped[-1] / damped[0]) if damped[0] > 0 else math.inf}
-        if damped[0] <= 0:
-            raise IndefiniteHessianError(_indefinite_message(damping, float(damped[0]), problem.curvature))
+                       "negative_eigenvalues": int((damped < -tolerance).sum()),
+                       "condition_number": float(damped[-1] / damped[0]) if damped[0] > tolerance else math.inf}
+
+        if damped[0] < -tolerance:
+            raise IndefiniteHessianError(_indefinite_message(damping, float(damped[0]), problem.curvature)
+                                         + f" {diagnostics['negative_eigenvalues']} eigenvalues are negative.")
+        if damped[0] <= tolerance:
+            raise SingularHessianError(_singular_message(damping, float(damped[0]), largest))
+
         solution = eigenvectors @ ((eigenvectors.T @ vector.double()) / damped)
         diagnostics["seconds"] = time.perf_counter() - started
         return solution.to(problem.dtype), diagnostics
 
 
+def lanczos_extremes(alphas: list, betas: list) -> tuple:
+    """Return the smallest and largest Ritz value from CG's step sizes, in O(k^2) for k steps.
+
+    CG's ``alpha_j`` and ``beta_j`` define the Lanczos tridiagonal matrix of ``H + damping*I`` on
+    the Krylov space CG explored, whose eigenvalues approach the extreme eigenvalues of the
+    matrix from inside. They are estimates: the true smallest eigenvalue may be lower.
+    """
+    k = len(alphas)
+    if k == 0:
+        return math.nan, math.nan
+    tridiagonal = torch.zeros(k, k, dtype=torch.float64)
+    for j in range(k):
+        tridiagonal[j, j] = 1 / alphas[j] + (betas[j - 1] / alphas[j - 1] if j > 0 else 0.0)
+        if j + 1 < k:
+            tridiagonal[j, j + 1] = tridiagonal[j + 1, j] = math.sqrt(betas[j]) / alphas[j]
+    ritz = torch.linalg.eigvalsh(tridiagonal)
+    return float(ritz[0]), float(ritz[-1])
+
+
 class ConjugateGradientSolver(InverseHVPSolver):
     """Conjugate gradient on ``H + damping*I`` with full-training-set curvature products.
 
-    Stops when ``||r|| / ||v||`` falls below ``tol`` or after ``max_iter`` products. A step with
-    ``p^T (H + damping*I) p <= 0`` proves the damped matrix indefinite and raises
-    ``IndefiniteHessianError``. Running out of iterations is reported as ``converged: False`` and
-    logged as a warning with the residual reached.
+    One full product per iteration. Stops when ``||r|| / ||v||`` falls below ``tol`` or after
+    ``max_iter`` products. A step with ``p^T (H + damping*I) p <= 0`` proves the damped matrix
+    indefinite and raises ``IndefiniteHessianError``; one whose Rayleigh quotient is zero within
+    rounding of the largest seen raises ``SingularHessianError`` (typical with damping 0).
+    Running out of iterations is reported as ``converged: False`` and logged as a warning with the
+    residual reached. Diagnostics include the residual after every iteration and Lanczos estimates
+    of the extreme eigenvalues of ``H + damping*I``.
     """
 
     name = "cg"
@@ -97,6 +152,20 @@ class ConjugateGradientSolver(InverseHVPSolver):
     def __init__(self, tol: float = 1e-5, max_iter: int = 300):
         self.tol = tol
         self.max_iter = max_iter
+
+    def _check_curvature(self, curvature, p, largest, damping, problem, iteration) -> float:
+        if not torch.isfinite(curvature):
+            raise SolverDivergedError(f"CG produced a non-finite curvature product at iteration "
+                                      f"{iteration}; check the model for NaN parameters")
+        rayleigh = float(curvature / (p @ p))
+        largest = max(largest, abs(rayleigh))
+        if abs(rayleigh) <= 64 * torch.finfo(problem.dtype).eps * largest:
+            raise SingularHessianError(_singular_message(damping, rayleigh, largest)
+                                       + f" (CG iteration {iteration})")
+        if rayleigh <= 0:
+            raise IndefiniteHessianError(_indefinite_message(damping, rayleigh, problem.curvature)
+                                         + f" (CG iteration {iteration})")
+        return largest
 
     def solve(self, problem, vector, damping, progress=None):
         started = time.perf_counter()
@@ -108,25 +177,24 @@ class ConjugateGradientSolver(InverseHVPSolver):
         r = vector.clone()
         p = r.clone()
         rr = r @ r
-        iteration = 0
-        relative = 1.0
+        relative, largest = 1.0, 0.0
+        alphas, betas, residuals = [], [], []
+
         for iteration in range(1, self.max_iter + 1):
             ap = problem.curvature_product(p) + damping * p
             curvature = p @ ap
-            if not torch.isfinite(curvature):
-                raise SolverDivergedError(f"CG produced a non-finite curvature product at iteration "
-                                          f"{iteration}; check the model for NaN parameters")
-            if curvature <= 0:
-                raise IndefiniteHessianError(_indefinite_message(
-                    damping, float(curvature / (p @ p)), problem.curvature) + f" (CG iteration {iteration})")
+            largest = self._check_curvature(curvature, p, largest, damping, problem, iteration)
             alpha = rr / curvature
             x = x + alpha * p
             r = r - alpha * ap
             rr_next = r @ r
             relative = float(rr_next.sqrt() / norm_v)
+            alphas.append(float(alpha))
+            residuals.append(relative)
             report(progress, "solve", iteration, self.max_iter, f"CG residual {relative:.2e}")
             if relative < self.tol:
                 break
+            betas.append(float(rr_next / rr))
             p = r + (rr_next / rr) * p
             rr = rr_next
 
@@ -134,24 +202,35 @@ class ConjugateGradientSolver(InverseHVPSolver):
         if not converged:
             logger.warning("CG stopped after %d iterations at relative residual %.3g (tolerance %.1g); "
                            "raise max_iter or damping", iteration, relative, self.tol)
+        smallest_ritz, largest_ritz = lanczos_extremes(alphas, betas)
         return x, {"solver": self.name, "iterations": iteration, "relative_residual": relative,
-                   "converged": converged, "tolerance": self.tol, "seconds": time.perf_counter() - started}
+                   "converged": converged, "tolerance": self.tol, "residuals": residuals,
+                   "estimated_min_damped_eigenvalue": smallest_ritz,
+                   "estimated_max_damped_eigenvalue": largest_ritz,
+                   "seconds": time.perf_counter() - started}
 
 
 def estimate_max_eigenvalue(problem: InfluenceProblem, damping: float, iterations: int = 20,
-                            seed: int = 0) -> float:
-    """Estimate the largest-magnitude eigenvalue of ``H + damping*I`` by power iteration."""
+                            seed: int = 0, tol: float = 1e-3) -> float:
+    """Estimate the largest-magnitude eigenvalue of ``H + damping*I`` by power iteration.
+
+    Costs at most ``iterations`` full products, and stops early once the estimate changes by less
+    than ``tol`` (relative). Power iteration approaches the eigenvalue from below, so callers
+    that need an upper bound multiply it by a margin.
+    """
     generator = torch.Generator().manual_seed(seed)
     vector = torch.randn(problem.num_params, generator=generator).to(problem.device, problem.dtype)
     vector /= vector.norm()
     value = 0.0
     for _ in range(iterations):
         product = problem.curvature_product(vector) + damping * vector
-        value = float(vector @ product)
+        previous, value = value, float(vector @ product)
         norm = product.norm()
         if not torch.isfinite(norm) or norm == 0:
             break
         vector = product / norm
+        if abs(value - previous) <= tol * abs(value):
+            break
     return value
 
 
@@ -160,21 +239,30 @@ class LissaSolver(InverseHVPSolver):
 
     With ``A = (H + damping*I) / scale`` the Neumann series ``A^-1 v = sum_k (I - A)^k v`` is built by
     ``h_0 = v, h_t = v + h_{t-1} - (H_batch h_{t-1} + damping*h_{t-1}) / scale`` on random training
-    mini-batches, and ``s = h_depth / scale``, averaged over ``repeats``.
+    mini-batches, and ``s = h_depth / scale``, averaged over ``repeats`` independent runs.
 
     The series converges only when ``scale`` exceeds the largest eigenvalue of ``H + damping*I``, so by
     default ``scale`` is 1.5 times a power-iteration estimate of it. Convergence takes about
-    ``scale / damping`` steps, which is why the default ``depth`` is large for small damping; each
-    step detaches ``h``, so memory stays flat across steps.
+    ``scale / damping`` steps, which is why the default ``depth`` is large for small damping. A run
+    stops early when ``||h_t - h_{t-1}|| / ||h_t||`` falls below ``tol``; with mini-batches this
+    change levels off at the batches' noise, so ``tol`` mainly ends full-batch runs early. Each step
+    detaches ``h``, so memory stays flat across steps.
 
-    A NaN, an infinity, or a norm above ``10 * ||v|| * scale / damping`` (an upper bound on the norm
-    of every iterate when the damped matrix is positive definite) raises ``SolverDivergedError``.
+    Cost: ``repeats * depth`` mini-batch products (``depth * batch_size / n`` full products each),
+    plus power iteration when ``scale`` is not given, plus one full product for the final residual.
+
+    Raises ``SolverDivergedError`` on a NaN, an infinity, a norm above ``10 * ||v|| * scale / damping``
+    (an upper bound on every iterate when the damped matrix is positive definite) or a final
+    residual ``||v - (H + damping*I) s|| / ||v||`` above 1 (worse than ``s = 0``), and
+    ``IndefiniteHessianError`` when ``s^T (H + damping*I) s <= 0``. A final residual above
+    ``warn_residual`` is logged as a warning.
     """
 
     name = "lissa"
 
     def __init__(self, depth: int = 2000, repeats: int = 1, scale: Optional[float] = None,
-                 batch_size: int = 128, tol: float = 1e-6, seed: int = 0, power_iterations: int = 20):
+                 batch_size: int = 128, tol: float = 1e-6, seed: int = 0, power_iterations: int = 20,
+                 warn_residual: float = 0.1, check_residual: bool = True):
         self.depth = depth
         self.repeats = repeats
         self.scale = scale
@@ -182,6 +270,8 @@ class LissaSolver(InverseHVPSolver):
         self.tol = tol
         self.seed = seed
         self.power_iterations = power_iterations
+        self.warn_residual = warn_residual
+        self.check_residual = check_residual
 
     def _random_batches(self, problem: InfluenceProblem, generator: torch.Generator):
         n = problem.num_train
@@ -191,47 +281,79 @@ class LissaSolver(InverseHVPSolver):
                 for inputs, targets, _ in problem.batches(problem.train, indices=order[start:start + self.batch_size]):
                     yield inputs, targets
 
+    def resolve_scale(self, problem: InfluenceProblem, damping: float) -> tuple:
+        """Return ``(scale, estimated largest eigenvalue or None)``."""
+        if self.scale is not None:
+            return float(self.scale), None
+        estimated = estimate_max_eigenvalue(problem, damping, self.power_iterations, self.seed)
+        return 1.5 * abs(estimated), estimated
+
+    def _run(self, problem, vector, damping, scale, repeat, progress) -> tuple:
+        """One LiSSA run; return ``(h_final / scale, steps taken)``."""
+        generator = torch.Generator().manual_seed(self.seed + 1000 * repeat)
+        batches = self._random_batches(problem, generator)
+        bound = 10 * float(vector.norm()) * scale / max(damping, 1e-12)
+        h = vector.clone()
+        step = 0
+        for step in range(1, self.depth + 1):
+            product = problem.curvature_product(h, batch=next(batches)).detach()
+            h_next = (vector + h - (product + damping * h) / scale).detach()
+            norm = float(h_next.norm())
+            if not math.isfinite(norm) or norm > bound:
+                raise SolverDivergedError(
+                    f"LiSSA diverged at step {step} of repeat {repeat + 1}: ||h|| = {norm:.3g} "
+                    f"(bound {bound:.3g}) with scale {scale:.3g} and damping {damping:g}. Increase scale "
+                    f"above the largest eigenvalue of H + damping*I, or increase damping; no scores were stored")
+            change = float((h_next - h).norm()) / max(norm, 1e-30)
+            h = h_next
+            if step % 25 == 0 or step == self.depth:
+                report(progress, "solve", repeat * self.depth + step, self.repeats * self.depth,
+                       f"LiSSA step {step}, relative change {change:.2e}")
+            if change < self.tol:
+                break
+        return h / scale, step
+
+    def _check_solution(self, problem, vector, solution, damping, scale) -> float:
+        product = problem.curvature_product(solution) + damping * solution
+        curvature = float(solution @ product)
+        residual = float((vector - product).norm() / vector.norm())
+        if not math.isfinite(residual):
+            raise SolverDivergedError("LiSSA's solution gives a non-finite residual; check the model for NaN "
+                                      "parameters")
+        if curvature <= 0:
+            raise IndefiniteHessianError(_indefinite_message(
+                damping, curvature / float(solution @ solution), problem.curvature) + " (LiSSA's solution)")
+        if residual > 1:
+            raise SolverDivergedError(
+                f"LiSSA's solution has relative residual {residual:.3g} > 1, worse than no solve at all "
+                f"(scale {scale:.3g}, damping {damping:g}). Increase depth or damping, or use solver='cg'")
+        if residual > self.warn_residual:
+            logger.warning("LiSSA stopped at relative residual %.3g (scale %.3g, damping %g, depth %d); "
+                           "increase depth or repeats, or use solver='cg'", residual, scale, damping, self.depth)
+        return residual
+
     def solve(self, problem, vector, damping, progress=None):
         started = time.perf_counter()
         if damping <= 0 and self.scale is None:
             raise ValueError("LiSSA needs damping > 0 to converge at a known rate; set damping (e.g. 0.01)")
-        estimated = None
-        scale = self.scale
-        if scale is None:
-            estimated = estimate_max_eigenvalue(problem, damping, self.power_iterations, self.seed)
-            scale = 1.5 * abs(estimated)
-        bound = 10 * float(vector.norm()) * scale / max(damping, 1e-12)
+        if float(vector.norm()) == 0:
+            return torch.zeros_like(vector), {"solver": self.name, "steps": [0], "relative_residual": 0.0}
+        scale, estimated = self.resolve_scale(problem, damping)
+
         estimates, steps_taken = [], []
-
         for repeat in range(self.repeats):
-            generator = torch.Generator().manual_seed(self.seed + 1000 * repeat)
-            batches = self._random_batches(problem, generator)
-            h = vector.clone()
-            step = 0
-            for step in range(1, self.depth + 1):
-                inputs, targets = next(batches)
-                product = problem.curvature_product(h, batch=(inputs, targets)).detach()
-                h_next = (vector + h - (product + damping * h) / scale).detach()
-                norm = float(h_next.norm())
-                if not math.isfinite(norm) or norm > bound:
-                    raise SolverDivergedError(
-                        f"LiSSA diverged at step {step} of repeat {repeat + 1}: ||h|| = {norm:.3g} "
-                        f"(bound {bound:.3g}) with scale {scale:.3g} and damping {damping:g}. Increase scale "
-                        f"above the largest eigenvalue of H + damping*I, or increase damping; no scores were stored")
-                change = float((h_next - h).norm()) / max(norm, 1e-30)
-                h = h_next
-                if step % 25 == 0 or step == self.depth:
-                    report(progress, "solve", repeat * self.depth + step, self.repeats * self.depth,
-                           f"LiSSA step {step}, relative change {change:.2e}")
-                if change < self.tol:
-                    break
-            estimates.append(h / scale)
-            steps_taken.append(step)
-
+            estimate, steps = self._run(problem, vector, damping, scale, repeat, progress)
+            estimates.append(estimate)
+            steps_taken.append(steps)
         solution = torch.stack(estimates).mean(0)
-        return solution, {"solver": self.name, "scale": scale, "estimated_max_eigenvalue": estimated,
-                          "depth": self.depth, "repeats": self.repeats, "steps": steps_taken,
-                          "batch_size": self.batch_size, "seconds": time.perf_counter() - started}
+
+        diagnostics = {"solver": self.name, "scale": scale, "estimated_max_eigenvalue": estimated,
+                       "depth": self.depth, "repeats": self.repeats, "steps": steps_taken,
+                       "batch_size": self.batch_size}
+        if self.check_residual:
+            diagnostics["relative_residual"] = self._check_solution(problem, vector, solution, damping, scale)
+        diagnostics["seconds"] = time.perf_counter() - started
+        return solution, diagnostics
 
 
 SOLVERS = {"exact": ExactSolver, "cg": ConjugateGradientSolver, "lissa": LissaSolver}
@@ -241,8 +363,8 @@ def make_solver(name: str, **options) -> InverseHVPSolver:
     """Build the solver ``name`` ("exact", "cg" or "lissa") with its options."""
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; choose one of {sorted(SOLVERS)} or 'paper'")
-    accepted = set(inspect.signature(SOLVERS[name]).parameters)
-    unknown = sorted(set(options) - accepted)
+    accepted = [key for key in inspect.signature(SOLVERS[name]).parameters]
+    unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(f"solver {name!r} has no option(s) {unknown}; its options are {sorted(accepted)}")
+        raise ValueError(f"solver {name!r} has no option(s) {unknown}; its options are {accepted}")
     return SOLVERS[name](**options)

@@ -1,0 +1,230 @@
+"""Solver contracts on problems whose solution is known: a diagonal quadratic, softmax regression, a CNN."""
+
+import gc
+import logging
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
+
+from core.datasets import load_dataset
+from core.influence import (ConjugateGradientSolver, ExactSolver, IndefiniteHessianError, InfluenceProblem,
+                            LissaSolver, SolverDivergedError, cross_entropy_losses, influence_scores,
+                            select_parameters, solve_direction)
+from core.models import build_model
+from influence_reference import (fit_softmax_regression, logreg_with, one_thread,  # noqa: F401
+                                 reference_influence, relative_error)
+
+
+class Quadratic(nn.Module):
+    """Per-sample loss ``sum_d x_d * w_d^2``: the mean loss has the Hessian ``diag(2 * mean(x))``."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(size, dtype=torch.float64))
+
+    def forward(self, x):
+        return (x * self.w ** 2).sum(1)
+
+
+def identity_loss(outputs, targets):
+    return outputs
+
+
+def quadratic_problem(eigenvalues, n=4):
+    """A problem whose Hessian is exactly ``diag(eigenvalues)``: every sample has ``x = eigenvalues / 2``."""
+    eigenvalues = torch.tensor(eigenvalues, dtype=torch.float64)
+    data = TensorDataset((eigenvalues / 2).repeat(n, 1), torch.zeros(n))
+    return InfluenceProblem(Quadratic(len(eigenvalues)), identity_loss, data, curvature="hessian")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+@pytest.fixture(scope="module")
+def logreg_problem(digits):
+    train_x = digits.train.images.flatten(1).double()
+    theta = fit_softmax_regression(train_x, torch.from_numpy(digits.train.labels), 10, l2=0.01)
+    return InfluenceProblem(logreg_with(theta), cross_entropy_losses, digits.train, curvature="hessian")
+
+
+EIGENVALUES = [0.5, 1.0, 2.0, 4.0, 8.0]
+
+
+def test_exact_reports_eigenvalues():
+    problem = quadratic_problem(EIGENVALUES)
+    vector = torch.arange(1.0, 6.0, dtype=torch.float64)
+
+    solution, info = ExactSolver().solve(problem, vector, damping=0.1)
+
+    assert info["min_eigenvalue"] == pytest.approx(0.5, rel=1e-12)
+    assert info["max_eigenvalue"] == pytest.approx(8.0, rel=1e-12)
+    assert info["condition_number"] == pytest.approx(8.1 / 0.6, rel=1e-12)
+    expected = vector / (torch.tensor(EIGENVALUES, dtype=torch.float64) + 0.1)
+    assert relative_error(solution, expected) < 1e-12
+
+
+def test_exact_rejects_negative_eigenvalue():
+    problem = quadratic_problem([-0.3, -0.2, 1.0, 2.0])
+
+    with pytest.raises(IndefiniteHessianError, match="2 eigenvalues are negative"):
+        ExactSolver().solve(problem, torch.ones(4, dtype=torch.float64), damping=0.1)
+
+
+def test_cg_solution_residual_and_ritz_values():
+    problem = quadratic_problem(EIGENVALUES)
+    vector = torch.arange(1.0, 6.0, dtype=torch.float64)
+
+    solution, info = ConjugateGradientSolver(tol=1e-10, max_iter=50).solve(problem, vector, damping=0.1)
+
+    damped = torch.tensor(EIGENVALUES, dtype=torch.float64) + 0.1
+    true_residual = float((vector - damped * solution).norm() / vector.norm())
+    assert info["converged"]
+    assert info["iterations"] <= 5
+    assert info["relative_residual"] == pytest.approx(true_residual, rel=1e-3, abs=1e-14)
+    assert info["relative_residual"] < 1e-10
+    assert len(info["residuals"]) == info["iterations"]
+    assert relative_error(solution, vector / damped) < 1e-10
+    assert info["estimated_min_damped_eigenvalue"] == pytest.approx(0.6, rel=1e-6)
+    assert info["estimated_max_damped_eigenvalue"] == pytest.approx(8.1, rel=1e-6)
+
+
+def test_cg_detects_negative_curvature():
+    problem = quadratic_problem([-1.0, 1.0, 2.0])
+
+    with pytest.raises(IndefiniteHessianError, match="not positive definite"):
+        ConjugateGradientSolver().solve(problem, torch.ones(3, dtype=torch.float64), damping=0.1)
+
+
+def test_cg_out_of_iterations_warns(caplog):
+    problem = quadratic_problem(EIGENVALUES)
+
+    with caplog.at_level(logging.WARNING, logger="core.influence.solvers"):
+        _, info = ConjugateGradientSolver(tol=1e-12, max_iter=2).solve(problem, torch.ones(5, dtype=torch.float64), 0.1)
+
+    assert not info["converged"]
+    assert info["iterations"] == 2
+    assert "CG stopped after 2 iterations" in caplog.text
+
+
+def test_lissa_full_batch_stops_early_at_exact_solution():
+    problem = quadratic_problem(EIGENVALUES)
+    vector = torch.arange(1.0, 6.0, dtype=torch.float64)
+
+    solution, info = LissaSolver(depth=5000, batch_size=4, tol=1e-12).solve(problem, vector, damping=0.1)
+
+    damped = torch.tensor(EIGENVALUES, dtype=torch.float64) + 0.1
+    assert info["steps"][0] < 5000
+    assert info["estimated_max_eigenvalue"] == pytest.approx(8.1, rel=1e-2)
+    assert relative_error(solution, vector / damped) < 1e-9
+    assert info["relative_residual"] < 1e-9
+
+
+def test_lissa_growing_norm_raises():
+    # With damping 0.1 the damped matrix has eigenvalue -0.4, so (I - A) has one eigenvalue above 1.
+    problem = quadratic_problem([-0.5, 1.0, 2.0])
+
+    with pytest.raises(SolverDivergedError, match="diverged"):
+        LissaSolver(depth=5000, batch_size=4, scale=3.0).solve(problem, torch.ones(3, dtype=torch.float64), 0.1)
+
+
+def test_lissa_repeats_are_averaged(logreg_problem, digits):
+    gradient = logreg_problem.loss_gradient_sum(digits.val)
+    options = dict(depth=30, batch_size=64, scale=3.0, tol=0.0, check_residual=False)
+
+    averaged, info = LissaSolver(repeats=3, seed=0, **options).solve(logreg_problem, gradient, 0.01)
+    singles = [LissaSolver(repeats=1, seed=seed, **options).solve(logreg_problem, gradient, 0.01)[0]
+               for seed in (0, 1000, 2000)]
+
+    assert info["steps"] == [30, 30, 30]
+    assert relative_error(averaged, torch.stack(singles).mean(0)) < 1e-12
+    assert relative_error(singles[0], singles[1]) > 1e-3
+
+
+def test_lissa_keeps_no_graph_between_steps(logreg_problem, digits):
+    # If a step kept the autograd graph, each iterate would hold the previous one alive.
+    gradient = logreg_problem.loss_gradient_sum(digits.val)
+    alive = []
+    original = logreg_problem.curvature_product
+
+    def recording_product(vector, batch=None):
+        if batch is not None:
+            alive.append(weakref.ref(vector))
+        return original(vector, batch)
+
+    logreg_problem.curvature_product = recording_product
+    try:
+        solution, _ = LissaSolver(depth=50, batch_size=64, scale=3.0, tol=0.0).solve(logreg_problem, gradient, 0.01)
+    finally:
+        del logreg_problem.curvature_product
+    gc.collect()
+
+    assert len(alive) == 50
+    assert sum(ref() is not None for ref in alive) <= 1
+    assert not solution.requires_grad
+    assert solution.grad_fn is None
+
+
+def test_paper_loop_equals_one_solve(logreg_problem, digits):
+    # With the same scale and batches for every right-hand side, LiSSA is linear in it, so one
+    # solve per validation sample, summed, equals one solve of the summed gradient.
+    val = Subset(digits.val, range(6))
+    options = dict(depth=60, batch_size=128, scale=3.0, tol=0.0, seed=5)
+
+    looped, info = solve_direction(logreg_problem, val, "paper", damping=0.01, **options)
+    single, _ = solve_direction(logreg_problem, val, "lissa", damping=0.01, **options)
+
+    assert info["validation_samples"] == 6
+    assert relative_error(looped, single) < 1e-10
+
+
+@pytest.fixture(scope="module")
+def cnn(digits):
+    model = build_model("small_cnn", seed=0).double()
+    subset = digits.train.subset(np.arange(300))
+    return model, subset
+
+
+def test_last_layer_matches_softmax_regression_on_features(cnn, digits):
+    model, subset = cnn
+    model.eval()
+    with torch.no_grad():
+        train_features = model.classifier[:-1](model.features(subset.images.double()))
+        val_features = model.classifier[:-1](model.features(digits.val.images.double()))
+    last = model.classifier[-1]
+    theta = torch.cat([last.weight.detach().reshape(-1), last.bias.detach()])
+    expected = reference_influence(theta, train_features, torch.from_numpy(subset.labels), val_features,
+                                   torch.from_numpy(digits.val.labels), 10, damping=0.01)
+
+    scores = influence_scores(model, cross_entropy_losses, subset, digits.val, solver="exact", damping=0.01,
+                              curvature="hessian", params="last_layer")
+
+    assert relative_error(scores, expected) < 1e-8
+
+
+def test_named_module_selection_equals_last_layer(cnn, digits):
+    model, subset = cnn
+    common = dict(solver="cg", damping=0.01, tol=1e-10, max_iter=500)
+
+    by_name = influence_scores(model, cross_entropy_losses, subset, digits.val, params=["classifier.3"], **common)
+    by_string = influence_scores(model, cross_entropy_losses, subset, digits.val, params="classifier.3", **common)
+    last = influence_scores(model, cross_entropy_losses, subset, digits.val, params="last_layer", **common)
+
+    assert torch.equal(by_name, last)
+    assert torch.equal(by_string, last)
+
+
+def test_parameter_selection_names(cnn):
+    model, _ = cnn
+
+    assert select_parameters(model, "last_layer") == ["classifier.3.weight", "classifier.3.bias"]
+    assert select_parameters(model, "features.1,classifier.1") == [
+        "features.1.weight", "features.1.bias", "classifier.1.weight", "classifier.1.bias"]
+    assert len(select_parameters(model, "all")) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="matches no parameter"):
+        select_parameters(model, ["classifier.9"])
