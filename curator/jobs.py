@@ -36,24 +36,28 @@ def start_job(workspace: Workspace, run_id: str, stages: list, approval_id: Opti
 
 
 def job_state(store: Store, workspace: Workspace, run_id: str) -> dict:
-    """Return ``status`` as the app should show it, with the job's progress and error.
+    """Return ``status`` as the app should show it, with the job's progress, error and ``pid``.
 
-    A run stored as running whose job process is gone is reported as ``interrupted``.
+    A run stored as running whose job process is gone is reported as ``interrupted``. ``pid`` is the
+    last job's process id (None before the first job), which ``progress["pid"]`` matches while the
+    progress file belongs to that job.
     """
     run = runs.get_run(store, run_id)
     folder = workspace.run_dir(run_id)
     progress = read_progress(folder / "progress.json")
     status = run["status"]
     pid_file = folder / "job.pid"
-    alive = False
+    pid, alive = None, False
     if pid_file.exists():
         try:
-            alive = runs.process_alive(int(pid_file.read_text().strip()))
+            pid = int(pid_file.read_text().strip())
+            alive = runs.process_alive(pid)
         except ValueError:
-            alive = False
+            pid, alive = None, False
     if status == "running" and not alive:
         status = "interrupted"
-    return {"status": status, "stage": run["stage"], "error": run["error"], "progress": progress, "alive": alive}
+    return {"status": status, "stage": run["stage"], "error": run["error"], "progress": progress, "alive": alive,
+            "pid": pid}
 
 
 def log_tail(workspace: Workspace, run_id: str, lines: int = 20) -> str:

@@ -1,0 +1,237 @@
+"""Review: see what the drop rule removes, inspect the most (un)favorable images, override, approve."""
+
+import streamlit as st
+
+from core.drop_rules import RULES
+from curator import app_charts, app_review, app_state, app_widgets, decisions, gallery, queries, runs
+from curator.pipeline import DatasetChangedError
+
+COLUMNS = 5
+
+st.title("Review the drop set")
+workspace, store = app_widgets.open_workspace()
+run_id = app_widgets.current_run(store)
+if run_id is None:
+    st.info("There are no runs yet. Start one on Setup.")
+    st.page_link("pages/setup.py", label="Go to Setup", icon=":material/tune:")
+    st.stop()
+
+run = runs.get_run(store, run_id)
+if not workspace.has_scores(run_id):
+    st.info(f"Run {run_id} has no influence scores yet; they appear here when round 1 and scoring finish.")
+    app_widgets.job_panel(workspace, store, run_id, key="review")
+    st.stop()
+app_widgets.job_panel(workspace, store, run_id, key="review", show_finished=False)
+
+class_names = app_review.class_names_of(run)
+label_noise = app_review.has_label_noise(run)
+summary = decisions.drop_summary(store, workspace, run_id)
+rule = decisions.current_rule(store, run_id)
+
+
+def show_summary() -> None:
+    st.subheader("Drop set before approval")
+    st.caption(f"Rule: {rule.describe() if rule else 'none set'}. Your overrides take precedence over the rule.")
+    columns = st.columns(5 if label_noise else 4)
+    columns[0].metric("Samples dropped", f"{summary['dropped']:,} of {summary['total']:,}")
+    columns[1].metric("Share of the training set", f"{summary['share']:.1%}")
+    columns[2].metric("Your overrides", f"{summary['overrides']:,}")
+    columns[3].metric("Loss change (estimate)", f"{summary['predicted_change']:+.3g}",
+                      help="First-order estimate of the change in total validation loss, summed over "
+                           "the dropped samples.")
+    if label_noise:
+        columns[4].metric("Flipped labels caught", f"{summary['flipped_dropped']} of {summary['flipped']}")
+    if label_noise:
+        st.caption(app_review.flipped_caught_text(summary["flipped_dropped"], summary["flipped"], summary["dropped"]))
+    st.caption(app_review.estimate_text(summary["predicted_change"]))
+    for warning in summary["warnings"]:
+        st.warning(f"This drop set {warning}.", icon=":material/warning:")
+
+
+def show_rule_controls() -> None:
+    with st.container(border=True):
+        st.markdown("**Drop rule**")
+        name_column, value_column, cap_column = st.columns([3, 2, 2])
+        current_name = rule.name if rule else "validated"
+        name = name_column.selectbox("Rule", RULES, index=RULES.index(current_name),
+                                     format_func=app_state.RULE_TITLES.get, key=f"review_rule_{run_id}",
+                                     help=app_state.RULE_HELP)
+        control = app_state.rule_control(name)
+        value = None
+        if control is not None:
+            number = int if control.integer else float
+            value = value_column.number_input(
+                control.label, min_value=number(control.min_value),
+                max_value=None if control.max_value is None else number(control.max_value),
+                value=number(app_state.default_rule_value(name, rule)), step=number(control.step),
+                help=control.help, format=None if control.integer else "%g", key=f"review_value_{run_id}_{name}")
+        cap = cap_column.slider("Per-class cap", min_value=1, max_value=100,
+                                value=round(app_state.default_class_cap(rule) * 100), format="%d%%",
+                                key=f"review_cap_{run_id}", help="The largest share of any class the rule may drop.")
+        try:
+            new_rule = app_state.make_rule(name, value, cap / 100, current=rule)
+        except ValueError as error:
+            st.error(str(error))
+            return
+        preview = int(decisions.preview_rule(store, workspace, run_id, new_rule).sum())
+        st.caption(f"{new_rule.describe()}. It would drop {preview:,} samples before your overrides "
+                   f"(now {summary['dropped']:,} are dropped).")
+        # Applied in the script body, not in a callback, so the rule is built from this run's widget values.
+        if st.button("Apply rule", type="primary", key=f"apply_rule_{run_id}"):
+            dropped = decisions.set_rule(store, workspace, run_id, new_rule)
+            st.session_state["review_rule_message"] = (f"Rule applied: it drops {dropped:,} samples before "
+                                                       f"your overrides.")
+            st.rerun()
+        message = st.session_state.pop("review_rule_message", None)
+        if message:
+            st.success(message)
+
+
+def show_charts() -> None:
+    histogram_column, class_column = st.columns(2, gap="large")
+    with histogram_column:
+        chart = st.container()
+        log_counts = st.toggle("Logarithmic count axis", key="review_log_counts",
+                               help="Shows the few samples in the tails next to the many near zero.")
+        bins = queries.histogram(store, workspace, run_id)
+        cutoff = app_review.drop_cutoff(store, workspace, run_id)
+        chart.plotly_chart(app_charts.histogram_figure(bins, cutoff, log_counts), key="review_histogram")
+    with class_column:
+        table = app_review.per_class_table(summary["per_class"], class_names, label_noise)
+        st.plotly_chart(app_charts.per_class_figure(table, rule.class_cap if rule else None),
+                        key="review_per_class_chart")
+    st.dataframe(table, hide_index=True, key="review_per_class_table", column_config={
+        "Share dropped": st.column_config.NumberColumn(format="percent"),
+        "Mean score": st.column_config.NumberColumn(format="%.3g", help="Mean influence of the class's samples"),
+    })
+
+
+def _override(index: int, decision) -> None:
+    decisions.override(store, run_id, index, decision)
+
+
+def _show_tile(row: dict, split, prefix: str) -> None:
+    index = int(row["index"])
+    with st.container(border=True):
+        caption = gallery.tile_caption(row, class_names)
+        if split is not None:
+            st.image(gallery.upscale_nearest(split.display_image(index)), caption=caption, width="stretch")
+        else:
+            st.caption(caption)
+        with st.container(horizontal=True, gap="small"):
+            text, color = gallery.decision_badge(row)
+            st.badge(text, color=color)
+            flip = gallery.flip_badge(row, class_names)
+            if flip:
+                st.badge(flip, color="violet")
+        if row["decision"] == "drop":
+            st.button("Keep", key=f"{prefix}-keep-{index}", on_click=_override, args=(index, "keep"),
+                      width="stretch", help="Keep this sample whatever the rule decides.")
+        else:
+            st.button("Drop", key=f"{prefix}-drop-{index}", on_click=_override, args=(index, "drop"),
+                      width="stretch", help="Drop this sample whatever the rule decides.")
+        if row["source"] == "person":
+            st.button("Undo", key=f"{prefix}-undo-{index}", on_click=_override, args=(index, None),
+                      width="stretch", type="tertiary", help="Clear your decision; the rule decides again.")
+
+
+def _shift_page(key: str, step: int, total: int) -> None:
+    st.session_state[key] = gallery.clamp_page(st.session_state.get(key, 0) + step, total)
+
+
+def show_gallery(split, unfavorable: bool, label) -> None:
+    prefix = "unfavorable" if unfavorable else "favorable"
+    total = summary["total"] if label is None else int(
+        summary["per_class"].loc[summary["per_class"]["label"] == label, "count"].sum())
+    page_key = f"page_{prefix}_{run_id}_{label}"
+    page = gallery.clamp_page(st.session_state.get(page_key, 0), total)
+
+    previous_column, span_column, next_column = st.columns([1, 4, 1], vertical_alignment="center")
+    previous_column.button("Previous", key=f"{prefix}_previous", icon=":material/chevron_left:",
+                           disabled=page == 0, on_click=_shift_page, args=(page_key, -1, total))
+    span_column.caption(f"Page {page + 1} of {gallery.page_count(total)}: {gallery.page_span(page, total)}, "
+                        f"{'highest' if unfavorable else 'lowest'} score first")
+    next_column.button("Next", key=f"{prefix}_next", icon=":material/chevron_right:",
+                       disabled=page + 1 >= gallery.page_count(total), on_click=_shift_page,
+                       args=(page_key, 1, total))
+
+    frame = queries.gallery_page(store, workspace, run_id, unfavorable, page, gallery.PAGE_SIZE, label)
+    rows = frame.to_dict("records")
+    for start in range(0, len(rows), COLUMNS):
+        for column, row in zip(st.columns(COLUMNS), rows[start:start + COLUMNS]):
+            with column:
+                _show_tile(row, split, prefix)
+
+
+def show_galleries() -> None:
+    st.subheader("Images by influence")
+    st.caption("Positive scores are unfavorable: removing the sample is predicted to lower validation loss. "
+               "Keep or Drop overrides the rule for one image; Undo hands it back to the rule.")
+    try:
+        split = app_widgets.train_split(workspace_root, run_id)
+    except DatasetChangedError as error:
+        st.error(f"The images cannot be shown, because the data changed: {error}")
+        split = None
+    labels = summary["per_class"]["label"].tolist()
+    label = st.selectbox("Class", [None] + labels, key=f"review_class_{run_id}",
+                         format_func=lambda value: "all classes" if value is None
+                         else f"class {gallery.class_name(value, class_names)}")
+    unfavorable_tab, favorable_tab = st.tabs(["Most unfavorable", "Most favorable"])
+    with unfavorable_tab:
+        show_gallery(split, True, label)
+    with favorable_tab:
+        show_gallery(split, False, label)
+
+
+def show_diagnostics() -> None:
+    st.subheader("Solver and timings")
+    influence = run["diagnostics"].get("influence") or {}
+    for warning in influence.get("convergence_warnings", []):
+        st.warning(warning, icon=":material/warning:")
+    for half, solve in sorted((influence.get("solves") or {}).items()):
+        if solve.get("converged") is False:
+            st.warning(f"The solve for validation half {half.upper()} did not converge (relative residual "
+                       f"{solve.get('relative_residual', float('nan')):.3g}); raise damping or the iteration limit.",
+                       icon=":material/warning:")
+    settings_column, solve_column, timing_column = st.columns([2, 3, 2], gap="large")
+    settings_column.markdown("**Settings**")
+    settings_column.dataframe(app_review.solver_settings(influence), hide_index=True)
+    solve_column.markdown("**Solves, one per validation half**")
+    solve_column.dataframe(app_review.solver_table(influence), hide_index=True)
+    timing_column.markdown("**Seconds per stage**")
+    timing_column.dataframe(app_review.timings_table(run["timings"]), hide_index=True)
+
+
+def _approve() -> None:
+    approval = decisions.get_approval(store, run_id, decisions.approve(store, workspace, run_id))
+    st.session_state["review_approval_message"] = (
+        f"Approved drop set #{approval['approval_id']}: {approval['n_drop']:,} of {approval['n_total']:,} "
+        f"samples dropped. Start round 2 on Round two.")
+
+
+def show_approval() -> None:
+    st.subheader("Approve")
+    latest = app_widgets.latest_approval_id(store, run_id)
+    if latest is not None:
+        approval = decisions.get_approval(store, run_id, latest)
+        st.caption(f"Latest approval: #{latest}, {approval['n_drop']:,} of {approval['n_total']:,} dropped, "
+                   f"at {approval['created_at']:%Y-%m-%d %H:%M:%S}. A new approval freezes the decisions above.")
+    confirmed = True
+    if summary["warnings"]:
+        confirmed = st.checkbox("I have read the warnings above and want to approve this drop set anyway",
+                                key=f"review_confirm_{run_id}")
+    st.button("Approve drop set", type="primary", key="approve", disabled=not confirmed, on_click=_approve)
+    message = st.session_state.pop("review_approval_message", None)
+    if message:
+        st.success(message)
+    if latest is not None:
+        st.page_link("pages/round_two.py", label="Retrain on Round two", icon=":material/replay:")
+
+
+workspace_root = str(workspace.root)
+show_summary()
+show_rule_controls()
+show_charts()
+show_galleries()
+show_diagnostics()
+show_approval()
