@@ -14,6 +14,7 @@ from torch import nn
 
 from core.augment import build_augmentation
 from core.datasets.base import iterate_batches
+from core.evaluation import predict
 from core.progress import ProgressFn, report
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,13 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """Training hyperparameters. ``milestones`` are epochs at which the learning rate is multiplied by ``gamma``."""
+    """Training hyperparameters. ``milestones`` are epochs at which the learning rate is multiplied by ``gamma``.
+
+    ``schedule="plateau"`` multiplies it by ``gamma`` instead once validation error has not reached a
+    new minimum for ``patience`` epochs; ``train`` then needs ``val_data``. ``mixed_precision`` runs
+    the forward pass under bfloat16 autocast on CUDA devices that support it (never on the CPU).
+    """
+
 
     epochs: int = 30
     batch_size: int = 64
@@ -37,6 +44,9 @@ class TrainConfig:
     gamma: float = 0.1
     augmentation: str = "none"
     seed: int = 0
+    schedule: str = "multistep"
+    patience: int = 3
+    mixed_precision: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +61,27 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'adam' or 'sgd'")
 
 
+def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    if config.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.milestones), gamma=config.gamma)
+    if config.schedule == "plateau":
+        # PyTorch lowers the rate once more than ``patience`` epochs in a row have not improved.
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.gamma,
+                                                          patience=max(config.patience - 1, 0))
+    raise ValueError(f"unknown learning-rate schedule {config.schedule!r}; use 'multistep' or 'plateau'")
+
+
+def _autocast(device: torch.device, config: TrainConfig):
+    """Return a bfloat16 autocast context on a CUDA device that supports it, else a disabled one."""
+    enabled = config.mixed_precision and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _validation_error(model: nn.Module, val_data, device: torch.device) -> float:
+    _, predictions = predict(model, val_data, device=device)
+    return float(np.mean(predictions != np.asarray(val_data.labels)))
+
+
 def _save_atomic(obj, path: str) -> None:
     tmp = f"{path}.tmp"
     torch.save(obj, tmp)
@@ -59,7 +90,7 @@ def _save_atomic(obj, path: str) -> None:
 
 def train(model: nn.Module, data, config: TrainConfig, indices: Optional[np.ndarray] = None,
           device: Optional[torch.device] = None, progress: Optional[ProgressFn] = None,
-          checkpoint_path: Optional[str] = None, stage: str = "train") -> list:
+          checkpoint_path: Optional[str] = None, stage: str = "train", val_data=None) -> list:
     """Train ``model`` in place on ``data`` (restricted to ``indices`` when given) with cross-entropy.
 
     Returns the history, one dict per epoch: ``epoch``, ``loss`` (mean training loss), ``accuracy``,
@@ -68,14 +99,16 @@ def train(model: nn.Module, data, config: TrainConfig, indices: Optional[np.ndar
     so a resumed run sees the same batches as an uninterrupted one.
 
     Raises ``TrainingDivergedError`` when a batch loss is NaN or infinite; the checkpoint of the last
-    finished epoch is kept.
+    finished epoch is kept. ``val_data`` (a split with ``labels``) is evaluated after every epoch
+    when ``config.schedule`` is "plateau"; its error is added to the history as ``val_error``.
     """
     device = device or next(model.parameters()).device
     model.to(device)
     optimizer = _make_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.milestones),
-                                                     gamma=config.gamma)
-    augment = build_augmentation(config.augmentation)
+    scheduler = _make_scheduler(optimizer, config)
+    if config.schedule == "plateau" and val_data is None:
+        raise ValueError("the plateau learning-rate schedule needs val_data to measure validation error")
+    augment = build_augmentation(config.augmentation, getattr(data, "normalization", None))
     history: list = []
     start_epoch = 0
 
@@ -102,11 +135,13 @@ def train(model: nn.Module, data, config: TrainConfig, indices: Optional[np.ndar
 
         for step, (inputs, targets, _) in enumerate(iterate_batches(
                 data, config.batch_size, shuffle=True, generator=generator, indices=indices)):
+            # Augmenting after the copy lets the GPU do it; the draws still come from the CPU generator.
+            inputs, targets = inputs.to(device), targets.to(device)
             if augment is not None:
                 inputs = augment(inputs, generator)
-            inputs, targets = inputs.to(device), targets.to(device)
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, targets)
+            with _autocast(device, config):
+                logits = model(inputs)
+                loss = F.cross_entropy(logits, targets)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"{stage}: training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
@@ -123,9 +158,13 @@ def train(model: nn.Module, data, config: TrainConfig, indices: Optional[np.ndar
                    f"epoch {epoch + 1}/{config.epochs}")
 
         lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen,
-                        "lr": lr, "seconds": time.perf_counter() - started})
+        record = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen, "lr": lr}
+        if config.schedule == "plateau":
+            record["val_error"] = _validation_error(model, val_data, device)
+            scheduler.step(record["val_error"])
+        else:
+            scheduler.step()
+        history.append({**record, "seconds": time.perf_counter() - started})
         if checkpoint_path:
             _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "history": history}, checkpoint_path)

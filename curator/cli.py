@@ -89,6 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--format", choices=["json", "text"], default="text", help="output format")
     results.add_argument("--list", action="store_true", help="list all runs instead")
 
+    verify = commands.add_parser(
+        "verify", help="check a run's influence scores by leave-one-out retraining",
+        description="Retrain without each of the K most unfavorable, K most favorable and K random training "
+                    "samples, and report how well -influence/n predicted the actual change in total "
+                    "validation loss (Pearson and Spearman). Costs 3K+2 retrainings.")
+    _add_workspace(verify)
+    verify.add_argument("--run", default=None, help="run id (default: the latest run)")
+    verify.add_argument("--k", type=int, default=10, help="samples per group (default: 10)")
+    verify.add_argument("--mode", choices=["warm", "scratch"], default="warm",
+                        help="warm: a few epochs from the round-1 weights (default); scratch: round 1's "
+                             "whole schedule from its initial weights")
+    verify.add_argument("--epochs", type=int, default=None,
+                        help="epochs per retraining (default: 5 for warm, round 1's for scratch)")
+    verify.add_argument("--lr", type=float, default=None,
+                        help="learning rate of retraining (default: round 1's, divided by 10 for warm)")
+    verify.add_argument("--quiet", action="store_true", help="no progress bar")
+
     app = commands.add_parser("app", help="start the Streamlit app")
     _add_workspace(app)
     app.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (default: 8501)")
@@ -270,6 +287,25 @@ def _command_results(args) -> int:
     return 0
 
 
+def _command_verify(args) -> int:
+    from curator.verify import run_verification
+
+    workspace, store = _open(args)
+    run_id = _resolve_run(store, args.run)
+    bar = _ProgressBar(not args.quiet)
+    try:
+        result = run_verification(workspace, store, run_id, k=args.k, mode=args.mode, epochs=args.epochs,
+                                  lr=args.lr, progress=bar)
+    finally:
+        bar.close()
+    print(f"run {run_id}: {args.mode} leave-one-out check of {len(result['points'])} samples "
+          f"(verification {result['verification_id']})")
+    print(f"  Pearson {result['pearson']:.3f}, Spearman {result['spearman']:.3f} between predicted and actual "
+          f"change in total validation loss")
+    print(f"  noise floor (batch order alone): {result['noise_floor']:.3g}; {result['seconds']:.0f} s")
+    return 0
+
+
 def _command_app(args) -> int:
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ)
@@ -286,7 +322,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     handlers = {"run": _command_run, "resume": _command_resume, "export": _command_export,
-                "results": _command_results, "app": _command_app}
+                "results": _command_results, "app": _command_app, "verify": _command_verify}
     try:
         if args.command == "job":
             workspace, store = _open(args)

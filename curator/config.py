@@ -7,6 +7,7 @@ from typing import Optional
 from core.drop_rules import DropRule
 from core.influence import defaults
 from core.influence.solvers import make_solver
+from core.presets import preset_settings
 from core.training import TrainConfig
 
 
@@ -15,7 +16,8 @@ class RunConfig:
     """One two-round data dropout run.
 
     Round 1 trains without augmentation; round 2 retrains the same architecture from the same
-    initial weights on the kept samples with ``round2_augmentation`` on.
+    initial weights on the kept samples with ``round2_augmentation`` on. ``from_preset`` fills
+    the settings from one of the paper's recipes.
     """
 
     dataset: str = "digits"
@@ -32,6 +34,20 @@ class RunConfig:
     milestones: list = field(default_factory=list)
     round1_augmentation: str = "none"
     round2_augmentation: str = "translate1"
+    #: Name of the ``core.presets`` recipe these settings started from (informational; the values are stored).
+    preset: Optional[str] = None
+    #: Stratified, seeded subset size of the training split; None keeps all of it.
+    max_train_samples: Optional[int] = None
+    #: Loader keyword options, e.g. ``{"image_size": 224, "resize": 256}`` or ``{"whiten": "zca"}``.
+    dataset_options: dict = field(default_factory=dict)
+    #: Builder keyword options of both rounds, e.g. ``{"dropout": 0.2}``; ``round2_model_options`` overrides round 2's.
+    model_options: dict = field(default_factory=dict)
+    round2_model_options: dict = field(default_factory=dict)
+    momentum: float = 0.9
+    #: "multistep" (``milestones``) or "plateau" (divide by 10 after ``plateau_patience`` epochs without a
+    #: lower validation error).
+    lr_schedule: str = "multistep"
+    plateau_patience: int = 3
     solver: str = defaults.SOLVER
     curvature: str = defaults.CURVATURE
     damping: float = defaults.DAMPING
@@ -52,6 +68,10 @@ class RunConfig:
         if self.influence_dtype not in ("float32", "float64"):
             raise ValueError(f"influence_dtype must be float32 or float64, got {self.influence_dtype!r}")
         DropRule.from_dict(self.drop_rule)
+        if self.max_train_samples is not None and self.max_train_samples < 2:
+            raise ValueError(f"max_train_samples must be at least 2 (one per class), got {self.max_train_samples}")
+        if self.lr_schedule not in ("multistep", "plateau"):
+            raise ValueError(f"lr_schedule must be 'multistep' or 'plateau', got {self.lr_schedule!r}")
         if self.solver != "paper":
             make_solver(self.solver, **self.all_solver_options())
 
@@ -59,8 +79,21 @@ class RunConfig:
         """Return the training settings of round 1 or 2 (they differ only in augmentation)."""
         augmentation = self.round1_augmentation if round_number == 1 else self.round2_augmentation
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
-                           weight_decay=self.weight_decay, milestones=list(self.milestones),
-                           augmentation=augmentation, seed=self.seed + round_number)
+                           momentum=self.momentum, weight_decay=self.weight_decay, milestones=list(self.milestones),
+                           augmentation=augmentation, seed=self.seed + round_number, schedule=self.lr_schedule,
+                           patience=self.plateau_patience)
+
+    def round_model_options(self, round_number: int) -> dict:
+        """Return the model builder options of round 1 or 2 (round 2 may change dropout, for instance)."""
+        if round_number == 2:
+            return {**self.model_options, **self.round2_model_options}
+        return dict(self.model_options)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "RunConfig":
+        """Build a config from ``core.presets`` preset ``name``, with ``overrides`` taking precedence."""
+        return cls(**preset_settings(name, {**overrides, "preset": name}))
+
 
     def all_solver_options(self) -> dict:
         return {**defaults.solver_options(self.solver), **self.solver_options}

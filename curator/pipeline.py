@@ -45,7 +45,8 @@ class DatasetChangedError(RuntimeError):
 def load_splits(config: RunConfig) -> DatasetSplits:
     options = {"data_dir": config.data_dir} if config.data_dir else {}
     return load_dataset(config.dataset, seed=config.seed, label_noise=config.label_noise,
-                        noise_pairs=config.noise_pairs, **options)
+                        noise_pairs=config.noise_pairs, max_train_samples=config.max_train_samples,
+                        **options, **config.dataset_options)
 
 
 def create_run(workspace: Workspace, store: Store, config: RunConfig, run_id: Optional[str] = None) -> str:
@@ -86,14 +87,17 @@ class RunContext:
             self._splits = splits
         return self._splits
 
-    def build_model(self) -> torch.nn.Module:
+    def build_model(self, round_number: int = 1) -> torch.nn.Module:
+        """Build the seeded network with round ``round_number``'s model options (dropout may differ)."""
         splits = self.splits
         image_size = splits.info.get("image_size", list(splits.train[0][0].shape[-2:]))
         return build_model(self.config.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                           image_size=tuple(image_size), seed=self.config.seed)
+                           image_size=tuple(image_size), seed=self.config.seed,
+                           **self.config.round_model_options(round_number))
 
-    def load_model(self, name: str) -> torch.nn.Module:
-        model = self.build_model()
+    def load_model(self, name: str, round_number: int = 1) -> torch.nn.Module:
+        model = self.build_model(round_number)
+
         model.load_state_dict(torch.load(self.dir / name, map_location="cpu", weights_only=True))
         return model.to(self.device)
 
@@ -137,7 +141,8 @@ def run_round1(ctx: RunContext) -> dict:
 
     model = ctx.load_model("initial.pt")
     history = train(model, ctx.splits.train, ctx.config.train_config(1), device=ctx.device,
-                    progress=ctx.progress, checkpoint_path=str(ctx.dir / "round1.ckpt"), stage="round1")
+                    progress=ctx.progress, checkpoint_path=str(ctx.dir / "round1.ckpt"), stage="round1",
+                    val_data=ctx.splits.val)
     reports = _record_training(ctx, 1, history, model, len(ctx.splits.train), None)
     _save_atomic(model.state_dict(), ctx.dir / "round1.pt")
     runs.update_run(ctx.store, ctx.run_id, timings={"round1_seconds": time.perf_counter() - started},
@@ -269,10 +274,10 @@ def run_round2(ctx: RunContext, approval_id: Optional[int] = None) -> dict:
     if missing:
         logger.warning("the approved set drops every training sample of class(es) %s", missing)
 
-    model = ctx.load_model("initial.pt")
+    model = ctx.load_model("initial.pt", round_number=2)
     checkpoint = ctx.dir / f"round2-{approval['approval_id']}.ckpt"
     history = train(model, ctx.splits.train, ctx.config.train_config(2), indices=kept, device=ctx.device,
-                    progress=ctx.progress, checkpoint_path=str(checkpoint), stage="round2")
+                    progress=ctx.progress, checkpoint_path=str(checkpoint), stage="round2", val_data=ctx.splits.val)
     reports = _record_training(ctx, 2, history, model, len(kept), int(approval["approval_id"]))
     _save_atomic(model.state_dict(), ctx.dir / f"round2-{approval['approval_id']}.pt")
     runs.update_run(ctx.store, ctx.run_id, status="done", stage="done",

@@ -57,6 +57,22 @@ CREATE TABLE IF NOT EXISTS approvals (
     path VARCHAR NOT NULL,
     created_at TIMESTAMP NOT NULL
 );
+-- Leave-one-out checks of a run's scores; points is a JSON list of {index, sample_id, group,
+-- influence, predicted, actual}, see curator/verify.py.
+CREATE TABLE IF NOT EXISTS verifications (
+    verification_id BIGINT PRIMARY KEY DEFAULT nextval('event_ids'),
+    run_id VARCHAR NOT NULL,
+    mode VARCHAR NOT NULL,
+    k INTEGER NOT NULL,
+    pearson DOUBLE,
+    spearman DOUBLE,
+    noise_floor DOUBLE NOT NULL,
+    baseline_loss DOUBLE NOT NULL,
+    settings JSON NOT NULL,
+    points JSON NOT NULL,
+    seconds DOUBLE NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR NOT NULL,
     round INTEGER NOT NULL,
