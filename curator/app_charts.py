@@ -94,6 +94,18 @@ def error_overall_figure(result: dict) -> go.Figure:
     return _layout(figure, f"Overall {result['split']} error", "", f"{result['split']} error")
 
 
+def residual_figure(curves: pd.DataFrame, tolerance=None) -> go.Figure:
+    """Line each solve's relative residual against its step on a log axis, with the tolerance."""
+    figure = go.Figure()
+    for half, part in curves.groupby("Half", sort=True):
+        figure.add_scatter(x=part["Step"], y=part["Residual"], mode="lines", name=half)
+    if tolerance:
+        figure.add_hline(y=tolerance, line_dash="dash", line_color="#444",
+                         annotation_text=f"tolerance {tolerance:g}", annotation_position="bottom left")
+    figure.update_yaxes(type="log", exponentformat="e")
+    return _layout(figure, "Solver convergence", "step", "relative residual")
+
+
 def curves_figure(curves: pd.DataFrame, column: str, title: str) -> go.Figure:
     """Line ``column`` (``loss`` or ``accuracy``) against epoch, one line per round."""
     figure = go.Figure()

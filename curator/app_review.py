@@ -69,7 +69,13 @@ def estimate_text(predicted_change: float) -> str:
             f"interacts, so the real change can differ in size and even in sign. Round 2 measures it.")
 
 
+#: List-valued solve diagnostics that contain one relative residual per iteration or per solve.
+RESIDUAL_KEYS = ("residuals", "relative_residuals")
+
+
 def _format(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_format(item) for item in value) if len(value) <= 4 else f"{len(value)} values"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -88,6 +94,16 @@ def solver_table(influence: dict) -> pd.DataFrame:
     for half, solve in sorted(solves.items()):
         table[f"Half {half.upper()}"] = [_format(solve.get(key, "")) for key in keys]
     return pd.DataFrame(table)
+
+
+def residual_curves(influence: dict) -> pd.DataFrame:
+    """Return ``Half``, ``Step`` (1-based) and ``Residual`` rows of every solve's residual history."""
+    rows = []
+    for half, solve in sorted((influence.get("solves") or {}).items()):
+        history = next((solve[key] for key in RESIDUAL_KEYS if isinstance(solve.get(key), list)), [])
+        rows += [(f"Half {half.upper()}", step, value) for step, value in enumerate(history, start=1)
+                 if value is not None]
+    return pd.DataFrame(rows, columns=["Half", "Step", "Residual"])
 
 
 def solver_settings(influence: dict) -> pd.DataFrame:

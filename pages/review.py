@@ -193,13 +193,18 @@ def show_diagnostics() -> None:
             st.warning(f"The solve for validation half {half.upper()} did not converge (relative residual "
                        f"{solve.get('relative_residual', float('nan')):.3g}); raise damping or the iteration limit.",
                        icon=":material/warning:")
-    settings_column, solve_column, timing_column = st.columns([2, 3, 2], gap="large")
+    settings_column, timing_column = st.columns(2, gap="large")
     settings_column.markdown("**Settings**")
     settings_column.dataframe(app_review.solver_settings(influence), hide_index=True)
-    solve_column.markdown("**Solves, one per validation half**")
-    solve_column.dataframe(app_review.solver_table(influence), hide_index=True)
     timing_column.markdown("**Seconds per stage**")
     timing_column.dataframe(app_review.timings_table(run["timings"]), hide_index=True)
+    solve_column, curve_column = st.columns(2, gap="large")
+    solve_column.markdown("**Solves, one per validation half**")
+    solve_column.dataframe(app_review.solver_table(influence), hide_index=True)
+    curves = app_review.residual_curves(influence)
+    if not curves.empty:
+        tolerance = next((solve.get("tolerance") for solve in (influence.get("solves") or {}).values()), None)
+        curve_column.plotly_chart(app_charts.residual_figure(curves, tolerance), key="review_residuals")
 
 
 def _approve() -> None:

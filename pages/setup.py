@@ -23,6 +23,28 @@ def _index(options: list, value: str) -> int:
     return options.index(value) if value in options else 0
 
 
+def show_current_run(run_id: str) -> None:
+    run = runs.get_run(store, run_id)
+    config = run["config"]
+    with st.container(border=True):
+        st.markdown(f"**Current run** `{run_id}`")
+        st.caption(f"{config['dataset']} · {config['model']} · {config['epochs']} epochs · solver {config['solver']} "
+                   f"({config['curvature']}, damping {config['damping']:g}) · label noise "
+                   f"{config['label_noise']:.0%}")
+        app_widgets.job_panel(workspace, store, run_id, key="setup")
+        with st.container(horizontal=True):
+            if workspace.has_scores(run_id):
+                st.page_link("pages/review.py", label="Review the drop set", icon=":material/fact_check:")
+            if run["stage"] == "done":
+                st.page_link("pages/round_two.py", label="Compare round 1 and round 2", icon=":material/replay:")
+        with st.expander("All runs in this workspace"):
+            st.dataframe(runs.list_runs(store), hide_index=True)
+
+
+current = app_widgets.current_run(store)
+if current is not None:
+    show_current_run(current)
+
 st.subheader("New run")
 datasets, models = sorted(LOADERS), sorted(BUILDERS)
 data_column, influence_column, rule_column = st.columns(3, gap="large")
@@ -97,19 +119,3 @@ if st.button("Start round 1 and scoring", type="primary", key="start_round1"):
         app_widgets.select_run_next(new_run)
         st.rerun()
 
-run_id = app_widgets.current_run(store)
-if run_id is not None:
-    st.divider()
-    run = runs.get_run(store, run_id)
-    config = run["config"]
-    st.subheader(f"Run {run_id}")
-    st.caption(f"{config['dataset']} · {config['model']} · {config['epochs']} epochs · solver {config['solver']} "
-               f"({config['curvature']}, damping {config['damping']:g}) · label noise {config['label_noise']:.0%}")
-    app_widgets.job_panel(workspace, store, run_id, key="setup")
-    if workspace.has_scores(run_id):
-        st.page_link("pages/review.py", label="Review the drop set", icon=":material/fact_check:")
-    if run["stage"] == "done":
-        st.page_link("pages/round_two.py", label="Compare round 1 and round 2", icon=":material/replay:")
-
-    with st.expander("All runs in this workspace"):
-        st.dataframe(runs.list_runs(store), hide_index=True)

@@ -169,9 +169,13 @@ def _metrics():
             (1, "validation", None, 0.12, 1000, per_class_1, "2026-01-01 10:00"),
             (2, "test", 5.0, 0.08, 950, per_class_2, "2026-01-01 11:00"),
             (2, "test", 9.0, 0.30, 900, per_class_2, "2026-01-01 12:00")]
-    return pd.DataFrame([{"round": r, "split": s, "approval_id": a, "error": e, "loss": 0.3, "count": 200,
-                          "n_train": n, "per_class": json.dumps(p), "created_at": pd.Timestamp(t)}
-                         for r, s, a, e, n, p, t in rows])
+    columns = ["round", "split", "approval_id", "error", "n_train", "per_class", "created_at"]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["per_class"] = frame["per_class"].map(json.dumps)
+    frame["created_at"] = pd.to_datetime(frame["created_at"])
+    frame["loss"] = 0.3
+    frame["count"] = 200
+    return frame
 
 
 def test_comparison_of_rounds():
@@ -263,3 +267,20 @@ def test_comparison_figures():
     by_class = app_charts.error_by_class_figure(app_compare.per_class_errors(_metrics(), 5, None))
     assert [trace.name for trace in by_class.data] == ["Round 1", "Round 2"]
     assert list(by_class.data[1].y) == [0.06, 0.1]
+
+
+def test_residual_curves_from_solves():
+    influence = {"solves": {"b": {"residuals": [0.5, 0.01], "tolerance": 1e-4},
+                            "a": {"relative_residuals": [0.2, None, 0.05]},
+                            "c": {"iterations": 3}}}
+
+    curves = app_review.residual_curves(influence)
+    assert curves.values.tolist() == [["Half A", 1, 0.2], ["Half A", 3, 0.05], ["Half B", 1, 0.5],
+                                      ["Half B", 2, 0.01]]
+    assert app_review.solver_table(influence).set_index("Diagnostic").loc["residuals", "Half B"] == "0.5, 0.01"
+    long = {"solves": {"a": {"residuals": [0.5, 0.4, 0.3, 0.2, 0.1]}}}
+    assert app_review.solver_table(long)["Half A"].tolist() == ["5 values"]
+    figure = app_charts.residual_figure(curves, tolerance=1e-4)
+    assert [trace.name for trace in figure.data] == ["Half A", "Half B"]
+    assert figure.layout.yaxis.type == "log"
+    assert figure.layout.shapes[0].y0 == 1e-4

@@ -392,7 +392,7 @@ def test_whole_flow_with_real_jobs(app_workspace, media_storages):
     assert_no_exception(app)
     run_id = runs.latest_run_id(store)
     assert run_id is not None
-    assert f"Run {run_id}" in texts(app.subheader)
+    assert run_id in texts(app.markdown)
     config = runs.get_run(store, run_id)["config"]
     assert (config["model"], config["epochs"], config["damping"], config["label_noise"]) == ("logreg", 2, 1.0, 0.1)
     wait_for_job(store, app_workspace, run_id)
@@ -403,7 +403,8 @@ def test_whole_flow_with_real_jobs(app_workspace, media_storages):
     app.switch_page("pages/review.py").run()
     assert_no_exception(app)
     assert len(app.image) == 40 and all("label" in image.captions[0] for image in app.image)
-    assert len(plotly_figures(app)) == 2
+    titles = [figure["layout"]["title"]["text"] for figure in plotly_figures(app)]
+    assert len(titles) == 3 and "Solver convergence" in titles
     assert app.dataframe[0].value["Samples"].sum() == 1257
     scores = pd.read_parquet(app_workspace.scores_dir(run_id))
     choose_top_k(app, run_id, 15)
