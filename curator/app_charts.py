@@ -28,10 +28,12 @@ def _marker_line(figure: go.Figure, x: float, name: str, color: str, dash: str) 
     figure.add_scatter(x=[None], y=[None], mode="lines", name=name, line={"color": color, "dash": dash})
 
 
-def histogram_figure(bins: pd.DataFrame, cutoff: Optional[float] = None, log_counts: bool = False) -> go.Figure:
-    """Stack ``queries.histogram`` bins by decision and mark zero and the lowest dropped score.
+def histogram_figure(bins: pd.DataFrame, cutoff: Optional[float] = None, log_counts: bool = False,
+                     threshold: Optional[float] = None) -> go.Figure:
+    """Stack ``queries.histogram`` bins by decision and mark zero, the lowest dropped score and a threshold.
 
     ``bins`` has ``low``, ``high``, ``decision`` and ``count``; the counts were aggregated in SQL.
+    ``threshold`` is the value of a threshold rule, drawn when given.
     """
     figure = go.Figure()
     for decision in ("keep", "drop"):
@@ -44,6 +46,8 @@ def histogram_figure(bins: pd.DataFrame, cutoff: Optional[float] = None, log_cou
     _marker_line(figure, 0.0, "0: the paper's rule drops all to the right", "#444", "dot")
     if cutoff is not None:
         _marker_line(figure, cutoff, "lowest dropped score", DECISION_COLORS["drop"], "dash")
+    if threshold is not None:
+        _marker_line(figure, threshold, f"rule threshold {threshold:g}", "#ff7f0e", "dashdot")
     if log_counts:
         figure.update_yaxes(type="log")
     return _layout(figure, "Influence scores (right = unfavorable)", "influence score", "samples")

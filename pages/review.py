@@ -95,7 +95,8 @@ def show_charts() -> None:
                                help="Shows the few samples in the tails next to the many near zero.")
         bins = queries.histogram(store, workspace, run_id)
         cutoff = app_review.drop_cutoff(store, workspace, run_id)
-        chart.plotly_chart(app_charts.histogram_figure(bins, cutoff, log_counts), key="review_histogram")
+        threshold = rule.value if rule is not None and rule.name == "threshold" else None
+        chart.plotly_chart(app_charts.histogram_figure(bins, cutoff, log_counts, threshold), key="review_histogram")
     with class_column:
         table = app_review.per_class_table(summary["per_class"], class_names, label_noise)
         st.plotly_chart(app_charts.per_class_figure(table, rule.class_cap if rule else None),

@@ -256,6 +256,9 @@ def test_histogram_figure_marks_lines():
     assert sorted(shape.x0 for shape in figure.layout.shapes) == [0.0, 0.4]
     assert figure.layout.yaxis.type == "log"
     assert len(app_charts.histogram_figure(bins).layout.shapes) == 1
+    with_threshold = app_charts.histogram_figure(bins, cutoff=0.4, threshold=0.25)
+    assert sorted(shape.x0 for shape in with_threshold.layout.shapes) == [0.0, 0.25, 0.4]
+    assert "rule threshold 0.25" in [trace.name for trace in with_threshold.data]
 
 
 def test_comparison_figures():

@@ -292,6 +292,20 @@ def test_review_rule_change_matches_top_k(app_workspace):
     assert "drops 25 samples" in texts(app.success)
 
 
+def test_review_threshold_rule_drawn(app_workspace):
+    store, run_id, scores = make_scored_run(app_workspace)
+    app = open_app("pages/review.py")
+    app.selectbox(key=f"review_rule_{run_id}").select("threshold").run()
+    app.number_input(key=f"review_value_{run_id}_threshold").set_value(2.5)
+    app.slider(key=f"review_cap_{run_id}").set_value(100)
+    app.button(key=f"apply_rule_{run_id}").click().run()
+    assert_no_exception(app)
+
+    assert current_drops(store, app_workspace, run_id) == set(scores.loc[scores["influence"] > 2.5, "index"])
+    histogram = next(figure for figure in plotly_figures(app) if "Influence" in figure["layout"]["title"]["text"])
+    assert "rule threshold 2.5" in [trace.get("name") for trace in histogram["data"]]
+
+
 def test_review_warns_before_large_drop(app_workspace):
     store, run_id, scores = make_scored_run(app_workspace)
     app = open_app("pages/review.py")
