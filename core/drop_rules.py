@@ -23,6 +23,8 @@ RULES = ("validated", "paper", "threshold", "top_k", "top_fraction")
 DEFAULT_CLASS_CAP = 1 / 3
 #: The largest share of the training set the validated rule may drop.
 DEFAULT_MAX_FRACTION = 0.10
+#: Random orderings in the validated rule's permutation test (when ``alpha`` is set).
+PERMUTATIONS = 200
 
 
 @dataclass
@@ -32,11 +34,14 @@ class DropRule:
     ``name`` is one of ``RULES``. ``value`` is the threshold for "threshold", the count for "top_k",
     the share for "top_fraction", and the maximum share for "validated"; "paper" ignores it.
     ``class_cap`` is the largest share of any one class that may be dropped (1.0 for no cap).
+    ``alpha`` (validated only, None to skip) is the level of a permutation test: unless the
+    cross-fitted gain beats that of random orderings with p-value <= ``alpha``, nothing is dropped.
     """
 
     name: str = "validated"
     value: Optional[float] = DEFAULT_MAX_FRACTION
     class_cap: float = DEFAULT_CLASS_CAP
+    alpha: Optional[float] = None
 
     def __post_init__(self):
         if self.name not in RULES:
@@ -49,6 +54,8 @@ class DropRule:
             raise ValueError(f"{self.name} needs a share in [0, 1], got {self.value}")
         if self.name == "threshold" and self.value is None:
             raise ValueError("threshold needs a value: samples with influence above it are dropped")
+        if self.alpha is not None and not 0 < self.alpha < 1:
+            raise ValueError(f"alpha {self.alpha} must be in (0, 1), e.g. 0.05, or None for no test")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +78,8 @@ class DropRule:
         else:
             text = (f"validated: drop the top k chosen on held-out validation halves "
                     f"(at most {self.value:.0%} of the data)")
+            if self.alpha is not None:
+                text += f", only when the gain beats random orderings at p <= {self.alpha:g}"
         return text + cap
 
 
@@ -106,17 +115,51 @@ def cross_fitted_gain(rank_scores: np.ndarray, check_scores: np.ndarray) -> np.n
     return np.concatenate([[0.0], np.cumsum(check_scores[order])])
 
 
-def choose_validated_k(scores_a: np.ndarray, scores_b: np.ndarray, max_fraction: float) -> tuple:
+def cross_fitted_curve(scores_a: np.ndarray, scores_b: np.ndarray) -> np.ndarray:
+    """Return the mean of the two cross-fitted gains: rank by A and sum B, and rank by B and sum A."""
+    return (cross_fitted_gain(scores_a, scores_b) + cross_fitted_gain(scores_b, scores_a)) / 2
+
+
+def permutation_p_value(scores_a: np.ndarray, scores_b: np.ndarray, limit: int,
+                        permutations: int = PERMUTATIONS, seed: int = 0) -> float:
+    """Test whether the best cross-fitted gain over ``k = 1..limit`` beats random orderings.
+
+    The statistic is ``max(curve[1:limit + 1])``. Under the null hypothesis that one half's ranking
+    says nothing about the other half's scores, pairing A with a random permutation of B is as
+    likely as the real pairing, so the p-value is ``(1 + #{null max >= observed}) / (1 + permutations)``
+    over seeded permutations. Cost: ``2 * permutations`` sorts of ``n`` scores.
+    """
+    if limit < 1:
+        return 1.0
+    observed = cross_fitted_curve(scores_a, scores_b)[1:limit + 1].max()
+    rng = np.random.default_rng(seed)
+    exceed = 0
+    for _ in range(permutations):
+        shuffled = scores_b[rng.permutation(len(scores_b))]
+        exceed += cross_fitted_curve(scores_a, shuffled)[1:limit + 1].max() >= observed
+    return (1 + exceed) / (1 + permutations)
+
+
+def choose_validated_k(scores_a: np.ndarray, scores_b: np.ndarray, max_fraction: float,
+                       alpha: Optional[float] = None) -> tuple:
     """Choose how many to drop by two-fold cross-fitting over validation halves A and B.
 
     Rank by A and sum B's influence down that ranking, and the other way round; the chosen ``k``
-    maximises the mean of the two curves over ``0..max_fraction * n``. Returns ``(k, curve)``.
+    maximises the mean of the two curves over ``0..max_fraction * n``. With ``alpha``, ``k`` is 0
+    unless ``permutation_p_value`` is at most ``alpha``. Returns ``(k, curve, p_value)``, with
+    ``p_value`` None when no test was asked for.
     """
-    n = len(scores_a)
-    limit = int(np.floor(max_fraction * n))
-    curve = (cross_fitted_gain(scores_a, scores_b) + cross_fitted_gain(scores_b, scores_a)) / 2
+    scores_a = np.asarray(scores_a, dtype=np.float64)
+    scores_b = np.asarray(scores_b, dtype=np.float64)
+    limit = int(np.floor(max_fraction * len(scores_a)))
+    curve = cross_fitted_curve(scores_a, scores_b)
     k = int(np.argmax(curve[:limit + 1]))
-    return k, curve
+    p_value = None
+    if alpha is not None:
+        p_value = permutation_p_value(scores_a, scores_b, limit)
+        if p_value > alpha:
+            k = 0
+    return k, curve, p_value
 
 
 def select_drop(rule: DropRule, scores: np.ndarray, labels: np.ndarray,
@@ -141,6 +184,6 @@ def select_drop(rule: DropRule, scores: np.ndarray, labels: np.ndarray,
             raise ValueError("the validated rule needs the influence on both validation halves "
                              "(influence_a and influence_b); rescore the run or choose another rule")
         max_fraction = DEFAULT_MAX_FRACTION if rule.value is None else rule.value
-        k, _ = choose_validated_k(np.asarray(scores_a), np.asarray(scores_b), max_fraction)
+        k, _, _ = choose_validated_k(scores_a, scores_b, max_fraction, rule.alpha)
         drop = top_k_mask(scores, k)
     return cap_per_class(drop, scores, labels, rule.class_cap)

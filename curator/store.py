@@ -94,6 +94,57 @@ CREATE TABLE IF NOT EXISTS history (
     lr DOUBLE NOT NULL,
     seconds DOUBLE NOT NULL
 );
+CREATE TABLE IF NOT EXISTS psnr (
+    run_id VARCHAR NOT NULL,
+    round INTEGER NOT NULL,  -- 0 is the noisy input of the denoising task
+    approval_id BIGINT,
+    split VARCHAR NOT NULL,
+    image VARCHAR NOT NULL,
+    psnr DOUBLE NOT NULL,
+    loss DOUBLE,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS experiments (
+    experiment_id VARCHAR PRIMARY KEY,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    config JSON NOT NULL,
+    status VARCHAR NOT NULL,
+    error VARCHAR
+);
+CREATE TABLE IF NOT EXISTS experiment_arms (
+    experiment_id VARCHAR NOT NULL,
+    seed INTEGER NOT NULL,
+    run_id VARCHAR NOT NULL,
+    arm VARCHAR NOT NULL,
+    split VARCHAR NOT NULL,
+    error DOUBLE NOT NULL,
+    loss DOUBLE NOT NULL,
+    count INTEGER NOT NULL,
+    n_train INTEGER NOT NULL,
+    n_dropped INTEGER NOT NULL,
+    n_flipped_dropped INTEGER,
+    per_class JSON NOT NULL,
+    drop_path VARCHAR,
+    reused_from VARCHAR,
+    seconds DOUBLE,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS experiment_rankings (
+    experiment_id VARCHAR NOT NULL,
+    seed INTEGER NOT NULL,
+    run_id VARCHAR NOT NULL,
+    ranking VARCHAR NOT NULL,
+    auroc DOUBLE NOT NULL,
+    "precision" DOUBLE,
+    recall DOUBLE NOT NULL,
+    precision_at_flipped DOUBLE NOT NULL,
+    n_flagged INTEGER NOT NULL,
+    n_flipped INTEGER NOT NULL,
+    true_positives INTEGER NOT NULL,
+    curve JSON NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
 """
 
 
