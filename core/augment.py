@@ -2,7 +2,7 @@
 
 Every augmentation takes a batch of normalised images ``(N, C, H, W)`` and a CPU
 ``torch.Generator`` and returns a batch of the same shape on the same device. Random draws come
-from the generator only, so a seeded epoch sees the same augmented batches on CPU and on CUDA.
+from the generator only, so a seeded epoch gets the same augmented batches on CPU and on CUDA.
 
 Names accepted by ``build_augmentation``:
 

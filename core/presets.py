@@ -1,13 +1,13 @@
-"""Named training recipes of the data dropout paper, as run settings a person can edit before a run.
+"""Named training recipes of Wang, Huan and Li (2018, "Data Dropout"), as editable run settings.
 
 A preset is a dict of run settings (the field names of ``curator.config.RunConfig``). A run copies
 the values it uses into its stored configuration, so changing a preset later never changes a run
 already made. Explicit settings override the preset's.
 
-Each full-size preset has a ``-cpu`` variant for tests and demonstrations: the same dataset,
-network, optimizer and augmentation, with 3 epochs (milestones scaled to them), at most 1,000
-training samples (ImageNet: 200 at 64x64), and influence over the last layer with at most 100
-CG steps. Its results show that the recipe runs, not what it achieves.
+Each full-size preset has a ``-cpu`` variant for tests and demonstrations. It keeps the dataset,
+network, optimizer and augmentation, and trains 3 epochs (milestones scaled to them) on at most
+1,000 training samples (ImageNet: 200 at 64x64). Influence is taken over the last layer with at
+most 100 CG steps. Its results show that the recipe runs, not what it achieves.
 
 Recipes:
 
@@ -94,7 +94,7 @@ def cpu_variant(settings: dict, epochs: int = CPU_EPOCHS) -> dict:
     return small
 
 
-#: Every preset by name: the paper's recipes and their ``-cpu`` variants.
+#: Every preset by name: the data dropout recipes and their ``-cpu`` variants.
 PRESETS = {**PAPER_PRESETS, **{f"{name}-cpu": cpu_variant(settings) for name, settings in PAPER_PRESETS.items()}}
 
 

@@ -32,6 +32,9 @@ def _add_run_options(parser):
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3, Adam)")
     parser.add_argument("--label-noise", type=float, default=0.0,
                         help="share of training labels to flip for a demo, e.g. 0.1 (default: 0)")
+    parser.add_argument("--noise-pairs", default=None, metavar="A:B,C:D",
+                        help="flip labels only between class pairs, e.g. 3:5,7:1 (class 3 becomes 5, 7 becomes 1); "
+                             "needs --label-noise (default: symmetric noise over all classes)")
     parser.add_argument("--solver", default=defaults.SOLVER, choices=["cg", "exact", "lissa", "paper"],
                         help=f"inverse-Hessian solver (default: {defaults.SOLVER})")
     parser.add_argument("--curvature", default=defaults.CURVATURE, choices=["gauss_newton", "hessian"],
@@ -106,6 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="learning rate of retraining (default: round 1's, divided by 10 for warm)")
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    experiment = commands.add_parser(
+        "experiment", help="compare round 2 with round 1 and with controls over several seeds",
+        description="For each seed: round 1, scoring and the drop rule, then retrain from the same initial "
+                    "weights on all samples, without the drop set, without the paper rule's drop set, without a "
+                    "random set and without the highest-loss set. Reports test error per arm with paired "
+                    "95%% intervals, and with --label-noise how well each ranking finds the flipped labels.")
+    _add_workspace(experiment)
+    _add_run_options(experiment)
+    experiment.add_argument("--seeds", type=int, default=5,
+                            help="number of seeds, counted up from --seed (default: 5)")
+    experiment.add_argument("--resume", default=None, metavar="EXPERIMENT",
+                            help="continue a stored experiment by id instead of starting one")
+    experiment.add_argument("--show", default=None, metavar="EXPERIMENT",
+                            help="print a stored experiment's summary without running anything")
+    experiment.add_argument("--list", action="store_true", help="list stored experiments")
+    experiment.add_argument("--format", choices=["json", "text"], default="text", help="summary format")
+    experiment.add_argument("--quiet", action="store_true", help="no progress bar")
+
     app = commands.add_parser("app", help="start the Streamlit app")
     _add_workspace(app)
     app.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (default: 8501)")
@@ -162,6 +183,7 @@ def _config_from_args(args):
     return RunConfig(solver_options=_parse_solver_options(args.solver_option),
                      dataset=args.dataset, data_dir=args.data_dir, model=args.model, seed=args.seed,
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, label_noise=args.label_noise,
+                     noise_pairs=args.noise_pairs,
                      solver=args.solver, curvature=args.curvature, damping=args.damping, params=args.params,
                      drop_rule=rule.to_dict(), device=args.device)
 
@@ -306,6 +328,38 @@ def _command_verify(args) -> int:
     return 0
 
 
+def _command_experiment(args) -> int:
+    from curator import experiment, experiment_summary
+    from curator.progress import ProgressFile
+
+    workspace, store = _open(args)
+    if args.list:
+        frame = experiment.list_experiments(store)
+        print(frame.to_json(orient="records", date_format="iso") if args.format == "json" else frame.to_string())
+        return 0
+    experiment_id = args.show or args.resume
+    if experiment_id is None:
+        if args.seeds < 1:
+            raise ValueError(f"--seeds {args.seeds} must be at least 1")
+        seeds = list(range(args.seed, args.seed + args.seeds))
+        config = experiment.ExperimentConfig(seeds=seeds, run=_config_from_args(args).to_dict())
+        experiment_id = experiment.create_experiment(store, config)
+        print(f"experiment {experiment_id} in {workspace.root}", file=sys.stderr)
+    if args.show is None:
+        bar = _ProgressBar(not args.quiet)
+        try:
+            experiment.run_experiment(workspace, store, experiment_id,
+                                      ProgressFile(experiment.progress_path(workspace, experiment_id), echo=bar))
+        finally:
+            bar.close()
+    summary = experiment_summary.experiment_summary(store, experiment_id)
+    if args.format == "json":
+        print(json.dumps(summary, indent=1, default=str))
+    else:
+        print(experiment_summary.summary_text(summary))
+    return 0
+
+
 def _command_app(args) -> int:
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ)
@@ -322,7 +376,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     handlers = {"run": _command_run, "resume": _command_resume, "export": _command_export,
-                "results": _command_results, "app": _command_app, "verify": _command_verify}
+                "results": _command_results, "app": _command_app,
+                "experiment": _command_experiment, "verify": _command_verify}
     try:
         if args.command == "job":
             workspace, store = _open(args)

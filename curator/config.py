@@ -68,6 +68,8 @@ class RunConfig:
         if self.influence_dtype not in ("float32", "float64"):
             raise ValueError(f"influence_dtype must be float32 or float64, got {self.influence_dtype!r}")
         DropRule.from_dict(self.drop_rule)
+        if self.noise_pairs:
+            self.noise_pairs = [list(pair) for pair in parse_noise_pairs(self.noise_pairs)]
         if self.max_train_samples is not None and self.max_train_samples < 2:
             raise ValueError(f"max_train_samples must be at least 2 (one per class), got {self.max_train_samples}")
         if self.lr_schedule not in ("multistep", "plateau"):
@@ -108,3 +110,27 @@ class RunConfig:
         if unknown:
             raise ValueError(f"unknown run settings {unknown}; valid settings are {sorted(known)}")
         return cls(**data)
+
+
+def parse_noise_pairs(pairs) -> list:
+    """Parse class pairs for label noise, "3:5,7:1" or ``[[3, 5], [7, 1]]``, into ``[(3, 5), (7, 1)]``.
+
+    A pair ``(a, b)`` flips samples of class ``a`` to class ``b``. Class indices are checked against
+    the dataset when it is loaded.
+    """
+    if isinstance(pairs, str):
+        items = [item.strip() for item in pairs.split(",") if item.strip()]
+        try:
+            parsed = [tuple(int(part) for part in item.split(":")) for item in items]
+        except ValueError:
+            raise ValueError(f"noise pairs {pairs!r} must look like '3:5,7:1' (class:class, comma-separated)") from None
+    else:
+        parsed = [tuple(int(part) for part in pair) for pair in pairs]
+    for pair in parsed:
+        if len(pair) != 2 or pair[0] == pair[1] or min(pair) < 0:
+            raise ValueError(f"noise pair {pair} in {pairs!r} must be two different class indices >= 0, "
+                             f"such as 3:5 (class 3 flipped to 5)")
+    sources = [a for a, _ in parsed]
+    if len(set(sources)) != len(sources):
+        raise ValueError(f"noise pairs {pairs!r} flip one class to two targets; give each source class once")
+    return parsed

@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from curator import decisions, queries, runs
+from curator import decisions, experiment, experiment_summary, queries, runs
 from curator.store import Store
 from curator.workspace import Workspace
 
@@ -42,6 +42,9 @@ def run_results(store: Store, workspace: Workspace, run_id: str) -> dict:
         result["approvals"] = [{"approval_id": int(r.approval_id), "n_drop": int(r.n_drop),
                                 "n_total": int(r.n_total), "created_at": str(r.created_at)}
                                for r in approvals.itertuples()]
+    experiment_id = experiment.experiment_of_run(store, run_id)
+    if experiment_id is not None:
+        result["experiment"] = experiment_summary.experiment_summary(store, experiment_id)
     return _clean(result)
 
 

@@ -1,9 +1,9 @@
 """In-memory image arrays kept in their stored type (uint8 for CIFAR and SVHN), normalised per batch.
 
 SVHN's training and extra images take 1.9 GB as uint8 and 7.4 GB as float32, so the pixels stay
-as stored and each batch is converted when it is read: ``value = pixels * scale + offset`` in
-[0, 1], then ``(value - mean) / std`` per channel with training statistics, then optional ZCA
-whitening.
+as stored and each batch is converted when it is read. The conversion is ``value = pixels * scale
++ offset`` in [0, 1], then ``(value - mean) / std`` per channel with training statistics, then
+optional ZCA whitening.
 """
 
 from dataclasses import dataclass

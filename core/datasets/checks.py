@@ -10,7 +10,7 @@ class DatasetError(ValueError):
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A dataset file or folder that is missing; the message says where to put it."""
+    """A dataset file or folder that is missing; the message names where to put it."""
 
 
 def check_splits(name: str, train_labels: np.ndarray, val_labels: np.ndarray, test_labels: np.ndarray,

@@ -1,4 +1,4 @@
-"""CIFAR-10 and CIFAR-100 from the standard python-pickle folders, with the paper's validation split.
+"""CIFAR-10 and CIFAR-100 from the standard python-pickle folders, with data dropout's validation split.
 
 The folders are the ones torchvision's ``CIFAR10``/``CIFAR100`` read (``cifar-10-batches-py``,
 ``cifar-100-python``). This module reads the same files itself, because torchvision checks each
@@ -6,8 +6,8 @@ file's MD5 sum against the official archive and would reject any other file of t
 the run's fingerprint guards against changed data instead. The pickles are read with an unpickler
 that only builds plain containers and NumPy arrays, so a tampered file cannot run code.
 
-Validation holds out 5,000 of the 50,000 training images (10%, stratified, seeded); the test
-batch is the test split.
+Validation holds out 5,000 of the 50,000 training images (10%, stratified, seeded), as Wang, Huan
+and Li (2018, "Data Dropout") do; the test batch is the test split.
 """
 
 import os
@@ -57,12 +57,12 @@ def read_batch(path: str) -> dict:
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
         raise DatasetError(f"{path} is not a readable CIFAR batch file ({error}); extract the archive again") from None
     if not isinstance(batch, dict):
-        raise DatasetError(f"{path} holds a {type(batch).__name__}, not the dict of a CIFAR batch file")
+        raise DatasetError(f"{path} contains a {type(batch).__name__}, not the dict of a CIFAR batch file")
     return {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in batch.items()}
 
 
 def find_folder(kind: str, data_dir) -> str:
-    """Return the folder that holds the CIFAR files: ``data_dir`` itself or its standard subfolder."""
+    """Return the folder that contains the CIFAR files: ``data_dir`` itself or its standard subfolder."""
     layout = _LAYOUTS[kind]
     if data_dir is None:
         raise DatasetNotFoundError(f"dataset {kind!r} needs data_dir: the folder holding {layout['folder']}/. "

@@ -31,7 +31,7 @@ def find_csv(data_dir, csv: Optional[str]) -> str:
     """Return the CSV path: ``data_dir`` itself, ``data_dir/csv``, ``data_dir/labels.csv`` or its only CSV."""
     if data_dir is None:
         raise DatasetNotFoundError("dataset 'csv' needs data_dir: a CSV file with path,label columns, or the folder "
-                                   f"holding it (named {DEFAULT_CSV_NAME} or the folder's only .csv file)")
+                                   f"containing it (named {DEFAULT_CSV_NAME} or the folder's only .csv file)")
     path = os.path.abspath(os.path.expanduser(str(data_dir)))
     if csv:
         path = os.path.join(path, csv)
@@ -43,7 +43,7 @@ def find_csv(data_dir, csv: Optional[str]) -> str:
         return os.path.join(path, DEFAULT_CSV_NAME)
     found = sorted(name for name in os.listdir(path) if name.lower().endswith(".csv"))
     if len(found) != 1:
-        raise DatasetNotFoundError(f"folder {path} holds {len(found)} .csv files ({found[:5]}); name one with the "
+        raise DatasetNotFoundError(f"folder {path} contains {len(found)} .csv files ({found[:5]}); name one with the "
                                    f"dataset option csv=NAME or pass the CSV file as data_dir")
     return os.path.join(path, found[0])
 

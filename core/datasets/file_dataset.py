@@ -7,7 +7,7 @@ Loading steps:
 2. Choose the channel count (3 when any image is colour, else 1) and the size (the most common
    one) unless given, so every image is converted the same way.
 3. With ``verify="full"`` (the default up to ``FULL_VERIFY_LIMIT`` files) decode every image, which
-   also catches truncated data; then keep the pixels in memory when they fit in ``memory_limit``.
+   also catches truncated data. Keep the pixels in memory when they fit in ``memory_limit``.
    Otherwise images are decoded from disk batch by batch (``FileSplit``).
 4. Split, check the classes, normalise with training statistics, fingerprint the files.
 """
@@ -77,11 +77,11 @@ def build_file_splits(name: str, root: str, entries: list, options: FileOptions,
                       declared_splits: Optional[set] = None) -> DatasetSplits:
     """Turn listed files into checked, split and normalised ``DatasetSplits`` (see the module steps).
 
-    ``class_names`` fixes the class list and its order (integer CSV labels); by default the classes
+    ``class_names`` fixes the class list and its order (integer CSV labels). By default the classes
     are the sorted labels that have at least one readable training image. ``listed_classes`` adds
     training classes that have no files at all (empty class folders) to the empty-class warning.
     ``declared_splits`` names the splits ("val", "test") that have their own files, such as a
-    ``val/`` folder; a declared split is never carved from training, so an empty one is an error.
+    ``val/`` folder. A declared split is never carved from training, so an empty one is an error.
     By default a split is declared when an entry names it.
     """
     entries = sorted(entries, key=lambda e: (e.split or "", e.path))
@@ -122,7 +122,9 @@ def _read_files(name: str, root: str, entries: list, options: FileOptions) -> tu
                            f"read ({_reasons(skipped)}); check the folder and the files")
     spec = _choose_spec(headers, options)
     good = sorted(headers)
-    verify = options.verify if options.verify != "auto" else ("full" if len(good) <= FULL_VERIFY_LIMIT else "header")
+    verify = options.verify
+    if verify == "auto":
+        verify = "full" if len(good) <= FULL_VERIFY_LIMIT else "header"
     if verify not in ("full", "header"):
         raise ValueError(f"unknown verify option {options.verify!r}; use 'auto', 'full' or 'header'")
 

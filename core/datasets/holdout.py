@@ -1,8 +1,8 @@
 """Seeded, stratified hold-outs: validation and test splits, per-class quotas, training subsets.
 
 Unlike ``splitting.stratified_split`` these take an exact total (5,000 of CIFAR's 50,000) or a
-fixed count per class (SVHN's 400 + 200), and never take a class's last sample away from the
-pool they hold out from, so the remaining split keeps every class it had.
+fixed count per class (SVHN's 400 + 200). They never take a class's last sample from the pool
+they hold out from, so the remaining split keeps every class it had.
 """
 
 from typing import Union

@@ -7,8 +7,8 @@ Layout under ``data_dir``::
     test/<class>/<image>           optional
 
 With ``test/`` present, ``val/`` is the validation split. Without ``test/``, ``val/`` is the test
-split, as ImageNet's labelled ``val`` folder is what ImageNet results report; validation is then
-held out from ``train/`` (``val_fraction``, stratified, seeded). Splits that have no folder are
+split, because ImageNet results report error on ImageNet's labelled ``val`` folder. Validation is
+then held out from ``train/`` (``val_fraction``, stratified, seeded). Splits that have no folder are
 held out from training. Sample ids are paths relative to ``data_dir`` with ``/`` separators.
 
 A class folder without readable training images is left out of the classes with a warning (and
@@ -110,5 +110,5 @@ def _root(data_dir) -> str:
                                    "(and optionally val/ and test/ alike)")
     root = os.path.abspath(os.path.expanduser(str(data_dir)))
     if not os.path.isdir(root):
-        raise DatasetNotFoundError(f"image folder {root} not found; pass the folder that holds train/<class>/...")
+        raise DatasetNotFoundError(f"image folder {root} not found; pass the folder that contains train/<class>/...")
     return root

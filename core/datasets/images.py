@@ -9,7 +9,7 @@ Conversion rules, the same for every file of a dataset:
 - 16-bit modes (``I;16``, ``I;16B``, ...) and 32-bit ``I`` are read as 0..65535 and divided by 257;
   ``I`` values outside that range are clipped.
 - 32-bit float ``F`` maps ``float_range`` (default 0..1) to 0..255 and clips the rest; NaN becomes 0.
-- A colour image in a grayscale dataset becomes ITU-R 601 luma (PIL's ``convert("L")``); a
+- A colour image in a grayscale dataset becomes ITU-R 601 luma (PIL's ``convert("L")``). A
   grayscale image in a colour dataset is copied into three channels.
 
 Every image is then scaled so that it covers the target size and centre-cropped to it; with
@@ -37,13 +37,13 @@ GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;
 #: Default pixel limit, PIL's own decompression bomb threshold (about 89.5 million pixels).
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
-# What PIL raises on damaged files: truncated data (OSError), broken chunks (SyntaxError,
+# Exceptions PIL raises on damaged files: truncated data (OSError), broken chunks (SyntaxError,
 # struct.error, zlib.error), impossible headers (ValueError) and short reads (EOFError, IndexError).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
 
 
 class ImageRejected(Exception):
-    """An image file that cannot be used; ``reason`` says why in words."""
+    """An image file that cannot be used; ``reason`` gives the cause in words."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -52,7 +52,7 @@ class ImageRejected(Exception):
 
 @dataclass(frozen=True)
 class DecodeSpec:
-    """How every image of a dataset is decoded: ``channels`` (1 or 3), ``size`` ``(H, W)``, ``resize``."""
+    """Decoding settings shared by every image of a dataset: ``channels`` (1 or 3), ``size`` ``(H, W)``, ``resize``."""
 
     channels: int
     size: Tuple[int, int]

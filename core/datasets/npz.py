@@ -5,9 +5,9 @@ or ``x`` and ``y`` alone, from which test and validation are carved (stratified,
 optional ``class_names`` array names the classes. Images are ``(N, H, W)``, ``(N, H, W, C)`` or
 ``(N, C, H, W)`` with C in 1, 3, 4 (the last axis is taken as channels when it has that size).
 
-Pixel values map to [0, 1] by one rule for the whole file, chosen from the training array: uint8
-divides by 255, uint16 by 65,535, bool and floats within [0, 1] are kept, floats within [0, 255]
-divide by 255, and anything else is scaled by the training array's minimum and maximum.
+Pixel values map to [0, 1] by one rule for the whole file, chosen from the training array. uint8
+divides by 255 and uint16 by 65,535. Bool values and floats within [0, 1] are kept, and floats
+within [0, 255] divide by 255. Anything else is scaled by the training array's minimum and maximum.
 The file is opened with ``allow_pickle=False``.
 """
 
@@ -31,7 +31,7 @@ def find_file(data_dir, file: Optional[str]) -> str:
     """Return the ``.npz`` path: ``data_dir`` itself, ``data_dir/file``, or the only ``.npz`` in ``data_dir``."""
     if data_dir is None:
         raise DatasetNotFoundError("dataset 'npz' needs data_dir: an .npz file with x_train, y_train, x_test, "
-                                   "y_test (or x, y), or the folder holding it")
+                                   "y_test (or x, y), or the folder containing it")
     path = os.path.abspath(os.path.expanduser(str(data_dir)))
     if file:
         path = os.path.join(path, file)
@@ -41,7 +41,7 @@ def find_file(data_dir, file: Optional[str]) -> str:
         found = sorted(name for name in os.listdir(path) if name.lower().endswith(".npz"))
         if len(found) == 1:
             return os.path.join(path, found[0])
-        raise DatasetNotFoundError(f"folder {path} holds {len(found)} .npz files ({found[:5]}); pass data_dir as "
+        raise DatasetNotFoundError(f"folder {path} contains {len(found)} .npz files ({found[:5]}); pass data_dir as "
                                    f"the file itself or the dataset option file=NAME")
     raise DatasetNotFoundError(f"npz file {path} not found; pass the path of an .npz file as data_dir")
 

@@ -1,9 +1,9 @@
-"""SVHN (cropped digits) from the standard ``.mat`` files, with the paper's validation split.
+"""SVHN (cropped digits) from the standard ``.mat`` files, with data dropout's validation split.
 
 Files: ``train_32x32.mat`` (73,257 images), ``test_32x32.mat`` (26,032) and optionally
 ``extra_32x32.mat`` (531,131), each with ``X`` of shape (32, 32, 3, N) and ``y`` of shape (N, 1),
 where label 10 means the digit 0. Validation takes 400 images per class from train and 200 per
-class from extra (6,000 in all); training is the rest of train and extra (598,388 images, 1.8 GB
+class from extra (6,000 in all, as Wang, Huan and Li (2018, "Data Dropout") do); training is the rest of train and extra (598,388 images, 1.8 GB
 as uint8). Without the extra file, validation takes 600 per class from train.
 """
 
@@ -28,9 +28,9 @@ FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_3
 
 
 def find_folder(data_dir) -> str:
-    """Return the folder holding ``train_32x32.mat``: ``data_dir`` itself or ``data_dir/svhn``."""
+    """Return the folder containing ``train_32x32.mat``: ``data_dir`` itself or ``data_dir/svhn``."""
     if data_dir is None:
-        raise DatasetNotFoundError(f"dataset 'svhn' needs data_dir: a folder holding {FILES['train']} and "
+        raise DatasetNotFoundError(f"dataset 'svhn' needs data_dir: a folder containing {FILES['train']} and "
                                    f"{FILES['test']} (and optionally {FILES['extra']}) from {SVHN_URL}")
     data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
     for folder in (data_dir, os.path.join(data_dir, "svhn")):
