@@ -28,6 +28,8 @@ import copy
 import math
 from typing import Optional
 
+from core.denoising import PRESETS as DENOISE_PRESETS
+
 #: Settings that a ``-cpu`` variant changes, besides epochs and milestones.
 CPU_SETTINGS = {"max_train_samples": 1000, "params": "last_layer", "solver_options": {"max_iter": 100}}
 CPU_EPOCHS = 3
@@ -94,8 +96,10 @@ def cpu_variant(settings: dict, epochs: int = CPU_EPOCHS) -> dict:
     return small
 
 
-#: Every preset by name: the data dropout recipes and their ``-cpu`` variants.
-PRESETS = {**PAPER_PRESETS, **{f"{name}-cpu": cpu_variant(settings) for name, settings in PAPER_PRESETS.items()}}
+#: Every preset by name: the data dropout recipes, their ``-cpu`` variants, and the denoising task's
+#: DnCNN recipe with its own CPU variant (``core.denoising.PRESETS``).
+PRESETS = {**PAPER_PRESETS, **{f"{name}-cpu": cpu_variant(settings) for name, settings in PAPER_PRESETS.items()},
+           **DENOISE_PRESETS}
 
 
 def preset_settings(name: str, overrides: Optional[dict] = None) -> dict:

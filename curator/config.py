@@ -4,6 +4,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from core import denoising
+from core.datasets.denoising import SOURCES as DENOISE_SOURCES
 from core.drop_rules import DropRule
 from core.influence import defaults
 from core.influence.solvers import make_solver
@@ -20,6 +22,8 @@ class RunConfig:
     the settings from one of the paper's recipes.
     """
 
+    #: One of ``TASKS``: "classification", or "denoise" (DnCNN on noisy patches, see ``core.denoising``).
+    task: str = "classification"
     dataset: str = "digits"
     data_dir: Optional[str] = None
     model: str = "small_cnn"
@@ -76,6 +80,10 @@ class RunConfig:
             raise ValueError(f"lr_schedule must be 'multistep' or 'plateau', got {self.lr_schedule!r}")
         if self.solver != "paper":
             make_solver(self.solver, **self.all_solver_options())
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
+        if self.task == "denoise":
+            _check_denoise(self)
 
     def train_config(self, round_number: int) -> TrainConfig:
         """Return the training settings of round 1 or 2 (they differ only in augmentation)."""
@@ -92,10 +100,19 @@ class RunConfig:
         return dict(self.model_options)
 
     @classmethod
+    def for_task(cls, task: str, **overrides) -> "RunConfig":
+        """Return the default settings of ``task``, ``overrides`` on top.
+
+        Classification starts from the field defaults, denoising from preset ``DENOISE_PRESET``.
+        """
+        if task == "denoise":
+            return cls.from_preset(DENOISE_PRESET, **overrides)
+        return cls(**overrides, task=task)
+
+    @classmethod
     def from_preset(cls, name: str, **overrides) -> "RunConfig":
         """Build a config from ``core.presets`` preset ``name``, with ``overrides`` taking precedence."""
         return cls(**preset_settings(name, {**overrides, "preset": name}))
-
 
     def all_solver_options(self) -> dict:
         return {**defaults.solver_options(self.solver), **self.solver_options}
@@ -110,6 +127,28 @@ class RunConfig:
         if unknown:
             raise ValueError(f"unknown run settings {unknown}; valid settings are {sorted(known)}")
         return cls(**data)
+
+
+TASKS = ("classification", "denoise")
+#: The preset a denoising run starts from unless another is chosen: the paper's recipe, CPU-sized.
+DENOISE_PRESET = "dncnn-denoise-cpu"
+
+
+def _check_denoise(config: RunConfig) -> None:
+    """Raise ``ValueError`` naming the setting when ``config`` cannot run as a denoising task."""
+    denoising.DenoiseOptions.from_dict(config.dataset_options)
+    if config.dataset not in DENOISE_SOURCES:
+        raise ValueError(f"the denoise task reads images from {DENOISE_SOURCES}, got dataset {config.dataset!r}; "
+                         f"use 'skimage' (embedded) or give --data-dir")
+    if config.model != "dncnn":
+        raise ValueError(f"the denoise task trains the 'dncnn' model, got {config.model!r}")
+    for name in ("round1_augmentation", "round2_augmentation"):
+        if getattr(config, name) not in denoising.AUGMENTATIONS:
+            raise ValueError(f"{name} {getattr(config, name)!r} is not a denoising augmentation; choose one of "
+                             f"{denoising.AUGMENTATIONS}")
+    if config.label_noise or config.max_train_samples is not None or config.lr_schedule != "multistep":
+        raise ValueError("the denoise task has no labels to flip, no training subset and only the multistep "
+                         "schedule; leave label_noise 0, max_train_samples unset and lr_schedule 'multistep'")
 
 
 def parse_noise_pairs(pairs) -> list:

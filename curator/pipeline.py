@@ -51,6 +51,10 @@ def load_splits(config: RunConfig) -> DatasetSplits:
 
 def create_run(workspace: Workspace, store: Store, config: RunConfig, run_id: Optional[str] = None) -> str:
     """Validate ``config`` by loading its dataset, store the run, and return its id."""
+    if config.task == "denoise":
+        from curator.denoise_pipeline import create_denoise_run
+
+        return create_denoise_run(workspace, store, config, run_id)
     splits = load_splits(config)
     run_id = run_id or new_run_id()
     workspace.run_dir(run_id)
@@ -292,6 +296,10 @@ def run_stages(workspace: Workspace, store: Store, run_id: str, stages=STAGES,
                progress: Optional[ProgressFn] = None, approval_id: Optional[int] = None) -> None:
     """Run the named stages in order, recording a failure in the store before re-raising it."""
     ctx = RunContext(workspace, store, run_id, progress)
+    if ctx.config.task == "denoise":
+        from curator.denoise_pipeline import run_denoise_stages
+
+        return run_denoise_stages(workspace, store, run_id, stages, progress, approval_id)
     try:
         for stage in STAGES:
             if stage not in stages:

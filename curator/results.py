@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from curator import decisions, experiment, experiment_summary, queries, runs
+from curator import decisions, denoise_queries, experiment, experiment_summary, queries, runs
 from curator.store import Store
 from curator.workspace import Workspace
 
@@ -32,6 +32,8 @@ def run_results(store: Store, workspace: Workspace, run_id: str) -> dict:
               "created_at": str(run["created_at"]), "dataset": run["dataset"], "model": run["model"],
               "fingerprint": run["fingerprint"], "config": run["config"], "diagnostics": run["diagnostics"],
               "timings": run["timings"], "metrics": metric_rows}
+    if run["config"].get("task") == "denoise":
+        result["psnr"] = denoise_queries.psnr_records(store, run_id)
     if workspace.has_scores(run_id):
         rule = decisions.current_rule(store, run_id)
         result["drop_set"] = {"rule": rule.to_dict() if rule else None,
@@ -55,3 +57,20 @@ def test_errors(results: dict) -> dict:
         if row["split"] == "test":
             errors[row["round"]] = row["error"]
     return errors
+
+
+def mean_test_psnr(results: dict) -> dict:
+    """Return ``{round: mean test PSNR in dB}`` of a denoising run; round 0 is the noisy input.
+
+    Round 2 is that of the highest approval id with results. Empty for a classification run.
+    """
+    rows = [row for row in results.get("psnr") or [] if row["split"] == "test"]
+    approvals = [row["approval_id"] for row in rows if row["round"] == 2]
+    latest = max(approvals) if approvals else None
+    means = {}
+    for round_number in (0, 1, 2):
+        values = [row["psnr"] for row in rows
+                  if row["round"] == round_number and (round_number < 2 or row["approval_id"] == latest)]
+        if values:
+            means[round_number] = sum(values) / len(values)
+    return means
