@@ -66,7 +66,8 @@ def run_selector(store: Store) -> Optional[str]:
 def current_run(store: Store) -> Optional[str]:
     """Return the run the selector shows, or the latest run when a page runs without the selector.
 
-    A run chosen with ``select_run_next`` counts already, for pages that run without the entry point.
+    A run chosen with ``select_run_next`` counts already, for pages that run without the entry point:
+    Streamlit 1.67's AppTest, for one, reruns only the page script once the page has drawn a fragment.
     """
     ids = runs.list_runs(store)["run_id"].tolist()
     return app_state.choose_run(ids, st.session_state.get(_NEXT_RUN_KEY) or st.session_state.get(RUN_KEY))
