@@ -1,4 +1,4 @@
-"""Each on-disk dataset format: what the loader reads, the paper's splits, and a short pipeline run."""
+"""Each on-disk dataset format: what the loader reads, the data dropout splits, and a short pipeline run."""
 
 import os
 
@@ -9,6 +9,7 @@ import torch
 from core.datasets import LOADERS, load_dataset
 from core.datasets.checks import DatasetNotFoundError
 from core.models import build_model
+from core.ten_crop import ten_crop_predict
 from core.training import train
 from curator import runs
 from curator.cli import main
@@ -145,8 +146,8 @@ def test_image_tree_resize_then_centre_crop(tmp_path):
 
 
 def test_csv_with_split_column(tmp_path):
-    rows = [(f"img/{i}.png", "cat" if i % 2 else "dog", "test" if i < 4 else ("val" if i < 8 else "train"))
-            for i in range(20)]
+    splits_by_row = ["test"] * 4 + ["val"] * 4 + ["train"] * 12
+    rows = [(f"img/{i}.png", "cat" if i % 2 else "dog", split) for i, split in enumerate(splits_by_row)]
     write_csv_dataset(str(tmp_path), rows, header="path,label,split")
     splits = load_dataset("csv", seed=0, data_dir=str(tmp_path))
 
@@ -328,3 +329,24 @@ def test_preset_settings_stored_and_overridden(tmp_path, cifar_dir):
     assert config.model == "resnet20"
     assert config.epochs == 1
     assert RunConfig.from_dict(config.to_dict()) == config
+
+
+def test_ten_crop_averages_ten_views(tmp_path):
+    write_image_tree(str(tmp_path), {"train": {"ant": 6, "bee": 6}}, size=12)
+    splits = load_dataset("imagefolder", seed=0, data_dir=str(tmp_path), image_size=8, memory_limit=0,
+                          val_fraction=0.2)
+    large = splits.test.resized((12, 12), resize=12)
+    model = build_model("logreg", num_classes=2, in_channels=3, image_size=(8, 8), seed=0)
+    images = large.images[torch.arange(len(large))]
+    # The ten views written out: four corners and the centre, then the same of the mirrored image.
+    views = []
+    for image in (images, images.flip(-1)):
+        views += [image[..., :8, :8], image[..., :8, 4:], image[..., 4:, :8], image[..., 4:, 4:], image[..., 2:10, 2:10]]
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(model(v), dim=1) for v in views]).mean(dim=0)
+
+    losses, predictions = ten_crop_predict(model, large, crop=8)
+
+    assert np.array_equal(predictions, expected.argmax(1).numpy())
+    assert np.allclose(losses, -np.log(expected[torch.arange(len(large)), torch.as_tensor(large.labels)].numpy()),
+                       atol=1e-5)
