@@ -1,13 +1,14 @@
 """Each on-disk dataset format: what the loader reads, the data dropout splits, and a short pipeline run."""
 
 import os
+import pickle
 
 import numpy as np
 import pytest
 import torch
 
 from core.datasets import LOADERS, load_dataset
-from core.datasets.checks import DatasetNotFoundError
+from core.datasets.checks import DatasetError, DatasetNotFoundError
 from core.models import build_model
 from core.ten_crop import ten_crop_predict
 from core.training import train
@@ -350,3 +351,19 @@ def test_ten_crop_averages_ten_views(tmp_path):
     assert np.array_equal(predictions, expected.argmax(1).numpy())
     assert np.allclose(losses, -np.log(expected[torch.arange(len(large)), torch.as_tensor(large.labels)].numpy()),
                        atol=1e-5)
+
+
+class _Harmless:
+    """Pickles as a call to ``os.getcwd``, standing in for a tampered batch file that runs code."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_cifar_pickle_cannot_run_code(tmp_path):
+    write_cifar10(str(tmp_path), per_batch=10, test_count=10)
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_2", "wb") as handle:
+        pickle.dump({"data": _Harmless(), "labels": [0]}, handle, protocol=2)
+
+    with pytest.raises(DatasetError, match=r"data_batch_2 is not a readable CIFAR batch file.*posix\.getcwd"):
+        load_dataset("cifar10", seed=0, data_dir=str(tmp_path))
