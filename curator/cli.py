@@ -20,16 +20,35 @@ def _add_workspace(parser):
 
 
 def _add_run_options(parser):
+    from core.datasets import LOADERS
     from core.drop_rules import RULES
     from core.influence import defaults
+    from core.presets import PRESETS
 
-    parser.add_argument("--dataset", default="digits", help="dataset name (default: digits, embedded)")
-    parser.add_argument("--data-dir", default=None, help="folder of the dataset's files, for datasets on disk")
-    parser.add_argument("--model", default="small_cnn", help="model name (default: small_cnn)")
+    # Settings a preset can set default to None here, so that only flags given explicitly override it.
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS), metavar="NAME",
+                        help="start from one of the paper's recipes, e.g. resnet110-cifar10 or its CPU-sized "
+                             f"resnet110-cifar10-cpu; explicit flags override it. Presets: {', '.join(sorted(PRESETS))}")
+    parser.add_argument("--dataset", default=None,
+                        help=f"dataset: {', '.join(LOADERS)} (default: digits, embedded, or the preset's)")
+    parser.add_argument("--data-dir", default=None,
+                        help="the dataset's folder or file: the folder holding cifar-10-batches-py, the SVHN .mat "
+                             "files, an image tree train/<class>/..., a CSV of path,label, or an .npz file")
+    parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dataset loader option, value in JSON, e.g. image_size=224, val_fraction=0.2, "
+                             "use_extra=false or whiten=zca; repeatable")
+    parser.add_argument("--max-train-samples", type=int, default=None,
+                        help="train on a stratified, seeded subset of this many training samples (default: all)")
+    parser.add_argument("--model", default=None, help="model name (default: small_cnn, or the preset's)")
+    parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a model builder option of both rounds, value in JSON, e.g. dropout=0.2; repeatable")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and the noise")
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs of each round (default: 30)")
-    parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default: 64)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3, Adam)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs of each round (default: 30, or the preset's)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="training batch size (default: 64, or the preset's)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default: 1e-3 with Adam, or the preset's)")
     parser.add_argument("--label-noise", type=float, default=0.0,
                         help="share of training labels to flip for a demo, e.g. 0.1 (default: 0)")
     parser.add_argument("--noise-pairs", default=None, metavar="A:B,C:D",
@@ -43,8 +62,9 @@ def _add_run_options(parser):
                         help=f"added to the curvature's diagonal (default: {defaults.DAMPING})")
     parser.add_argument("--solver-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a solver option such as tol=1e-5, max_iter=300, depth=1000 or scale=50; repeatable")
-    parser.add_argument("--params", default="all",
-                        help="parameters to take influence over: all, last_layer, or module names joined by commas")
+    parser.add_argument("--params", default=None,
+                        help="parameters to take influence over: all, last_layer, or module names joined by commas "
+                             "(default: all, or the preset's)")
     parser.add_argument("--drop-rule", default="validated", choices=RULES,
                         help="drop rule (default: validated; 'paper' drops every positive score)")
     parser.add_argument("--drop-value", type=float, default=None,
@@ -180,12 +200,35 @@ def _config_from_args(args):
     if value is None and args.drop_rule in ("threshold", "top_k", "top_fraction"):
         raise SystemExit(f"curator run: --drop-rule {args.drop_rule} needs --drop-value")
     rule = DropRule(args.drop_rule, value, args.class_cap)
-    return RunConfig(solver_options=_parse_solver_options(args.solver_option),
-                     dataset=args.dataset, data_dir=args.data_dir, model=args.model, seed=args.seed,
-                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, label_noise=args.label_noise,
-                     noise_pairs=args.noise_pairs,
-                     solver=args.solver, curvature=args.curvature, damping=args.damping, params=args.params,
-                     drop_rule=rule.to_dict(), device=args.device)
+    settings = {"solver_options": _parse_solver_options(args.solver_option) or None,
+                "dataset_options": _parse_json_options(args.data_option, "--data-option") or None,
+                "model_options": _parse_json_options(args.model_option, "--model-option") or None,
+                "dataset": args.dataset, "data_dir": args.data_dir, "model": args.model,
+                "max_train_samples": args.max_train_samples, "epochs": args.epochs, "batch_size": args.batch_size,
+                "lr": args.lr, "params": args.params, "noise_pairs": args.noise_pairs}
+    settings = {key: value for key, value in settings.items() if value is not None}
+    settings.update(seed=args.seed, label_noise=args.label_noise, solver=args.solver, curvature=args.curvature,
+                    damping=args.damping, drop_rule=rule.to_dict(), device=args.device)
+    if args.preset:
+        return RunConfig.from_preset(args.preset, **settings)
+    return RunConfig(**settings)
+
+
+def _parse_json_options(pairs: list, flag: str) -> dict:
+    """Turn ``["image_size=224", "whiten=zca"]`` into ``{"image_size": 224, "whiten": "zca"}``.
+
+    Values are read as JSON (numbers, true/false, null, lists); anything else stays a string.
+    """
+    options = {}
+    for pair in pairs:
+        key, separator, text = pair.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"{flag} {pair!r} must look like KEY=VALUE, e.g. image_size=224")
+        try:
+            options[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key.strip()] = text
+    return options
 
 
 def _parse_solver_options(pairs: list) -> dict:
