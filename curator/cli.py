@@ -24,6 +24,7 @@ def _add_run_options(parser):
     from core.drop_rules import RULES
     from core.influence import defaults
     from core.presets import PRESETS
+    from curator.config import DENOISE_PRESET, TASKS
 
     # Settings a preset can set default to None here, so that only flags given explicitly override it.
     parser.add_argument("--preset", default=None, choices=sorted(PRESETS), metavar="NAME",
@@ -58,8 +59,8 @@ def _add_run_options(parser):
                         help=f"inverse-Hessian solver (default: {defaults.SOLVER})")
     parser.add_argument("--curvature", default=defaults.CURVATURE, choices=["gauss_newton", "hessian"],
                         help=f"curvature matrix (default: {defaults.CURVATURE})")
-    parser.add_argument("--damping", type=float, default=defaults.DAMPING,
-                        help=f"added to the curvature's diagonal (default: {defaults.DAMPING})")
+    parser.add_argument("--damping", type=float, default=None,
+                        help=f"added to the curvature's diagonal (default: {defaults.DAMPING}, or the preset's)")
     parser.add_argument("--solver-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a solver option such as tol=1e-5, max_iter=300, depth=1000 or scale=50; repeatable")
     parser.add_argument("--params", default=None,
@@ -73,6 +74,16 @@ def _add_run_options(parser):
     parser.add_argument("--class-cap", type=float, default=1 / 3,
                         help="largest share of any class that may be dropped (default: 0.333)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--task", default="classification", choices=TASKS,
+                        help="classification, or denoise: DnCNN learns to remove Gaussian noise from grayscale "
+                             f"images and is scored on whole validation images; denoise starts from preset "
+                             f"{DENOISE_PRESET} (default: classification)")
+    parser.add_argument("--sigma", type=float, default=None,
+                        help="denoise: noise standard deviation on the 0-255 scale (default: 25)")
+    for split, example in (("train", "BSD400"), ("val", "BSD68"), ("test", "Set12")):
+        parser.add_argument(f"--{split}-dir", default=None,
+                            help=f"denoise: folder of {split} images, e.g. {example} (default: <data-dir>/{split}, "
+                                 f"or scikit-image's bundled images without --data-dir)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,13 +216,38 @@ def _config_from_args(args):
                 "model_options": _parse_json_options(args.model_option, "--model-option") or None,
                 "dataset": args.dataset, "data_dir": args.data_dir, "model": args.model,
                 "max_train_samples": args.max_train_samples, "epochs": args.epochs, "batch_size": args.batch_size,
-                "lr": args.lr, "params": args.params, "noise_pairs": args.noise_pairs}
+                "lr": args.lr, "params": args.params, "noise_pairs": args.noise_pairs, "damping": args.damping}
     settings = {key: value for key, value in settings.items() if value is not None}
     settings.update(seed=args.seed, label_noise=args.label_noise, solver=args.solver, curvature=args.curvature,
-                    damping=args.damping, drop_rule=rule.to_dict(), device=args.device)
-    if args.preset:
-        return RunConfig.from_preset(args.preset, **settings)
+                    drop_rule=rule.to_dict(), device=args.device)
+    preset = _denoise_preset(args, settings) or args.preset
+    if preset:
+        return RunConfig.from_preset(preset, **settings)
     return RunConfig(**settings)
+
+
+def _denoise_preset(args, settings: dict):
+    """Return the preset of a denoising run (None for classification) and fold the denoising flags into ``settings``.
+
+    ``--data-option`` and ``--model-option`` add to the preset's dataset and model options
+    instead of replacing them, so ``--sigma 50`` keeps the preset's patch count.
+    """
+    from core.presets import preset_settings
+    from curator.config import DENOISE_PRESET
+
+    preset = args.preset or (DENOISE_PRESET if args.task == "denoise" else None)
+    base = preset_settings(preset) if preset else {}
+    if base.get("task") != "denoise":
+        if args.task == "denoise":
+            raise SystemExit(f"curator run: preset {preset} is a classification recipe; drop --preset or choose "
+                             f"dncnn-denoise or {DENOISE_PRESET} for --task denoise")
+        return None
+    flags = {"sigma": args.sigma, "train_dir": args.train_dir, "val_dir": args.val_dir, "test_dir": args.test_dir}
+    settings["dataset_options"] = {**base.get("dataset_options", {}), **settings.get("dataset_options", {}),
+                                   **{key: value for key, value in flags.items() if value is not None}}
+    settings["model_options"] = {**base.get("model_options", {}), **settings.get("model_options", {})}
+    settings.setdefault("dataset", "folder" if args.data_dir or args.train_dir else base["dataset"])
+    return preset
 
 
 def _parse_json_options(pairs: list, flag: str) -> dict:
@@ -263,7 +299,7 @@ def _run_job(workspace, store, run_id, stages, approval_id=None, quiet=True):
 
 
 def _print_summary(results: dict) -> None:
-    from curator.results import test_errors
+    from curator.results import mean_test_psnr, test_errors
 
     errors = test_errors(results)
     drop = results.get("drop_set") or {}
@@ -274,6 +310,9 @@ def _print_summary(results: dict) -> None:
             print(f"  flipped labels dropped: {drop['flipped_dropped']} of {drop['flipped']}")
     for round_number, error in sorted(errors.items()):
         print(f"  round {round_number} test error: {error:.4f}")
+    for round_number, value in sorted(mean_test_psnr(results).items()):
+        name = "noisy input" if round_number == 0 else f"round {round_number}"
+        print(f"  {name} mean test PSNR: {value:.2f} dB")
     for warning in (results["diagnostics"].get("influence") or {}).get("convergence_warnings", []):
         print(f"  warning: {warning}")
     seconds = results.get("timings", {})
