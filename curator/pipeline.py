@@ -3,6 +3,12 @@
 Each stage writes its results so that a crash loses nothing already finished, and skips work whose
 results exist: round training resumes from its last epoch checkpoint, scoring from its last
 finished chunk. Bulk per-sample results go to Parquet in the run's folder; small state to the store.
+
+Under torchrun every rank runs the same stages: rounds 1 and 2 train with DistributedDataParallel,
+the influence solve sums its gradients and curvature products over ranks, and each rank scores its
+own chunks. Only rank 0 reads and writes the store and the run's shared files (weights, directions,
+``scores.done``). The other ranks receive what it read and wait for what it writes
+(``core.distributed.main_only``). The workspace must be on a file system that every rank can open.
 """
 
 import json
@@ -16,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core import distributed
 from core.datasets import DatasetSplits, load_dataset
 from core.device import resolve_device
 from core.drop_rules import DropRule
@@ -25,7 +32,7 @@ from core.influence import training_gradient_norm
 from core.models import build_model
 from core.progress import ProgressFn, report
 from core.training import train
-from curator import decisions, runs
+from curator import decisions, queries, runs
 from curator.config import RunConfig
 from curator.store import Store
 from curator.workspace import Workspace, new_run_id
@@ -73,10 +80,10 @@ class RunContext:
         self.store = store
         self.run_id = run_id
         self.progress = progress
-        self.record = runs.get_run(store, run_id)
+        self.record = distributed.main_only(runs.get_run, store, run_id)
         self.config = RunConfig.from_dict(self.record["config"])
         self.dir = workspace.run_dir(run_id)
-        self.device = resolve_device(self.config.device)
+        self.device = distributed.device_for_rank(resolve_device(self.config.device))
         self._splits = None
 
     @property
@@ -101,7 +108,6 @@ class RunContext:
 
     def load_model(self, name: str, round_number: int = 1) -> torch.nn.Module:
         model = self.build_model(round_number)
-
         model.load_state_dict(torch.load(self.dir / name, map_location="cpu", weights_only=True))
         return model.to(self.device)
 
@@ -110,6 +116,11 @@ def _save_atomic(obj, path: Path) -> None:
     tmp = Path(f"{path}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def _update_run(ctx: RunContext, **fields) -> None:
+    """Update the run's record through rank 0, the only rank that opens the store."""
+    distributed.main_only(runs.update_run, ctx.store, ctx.run_id, **fields)
 
 
 def _record_training(ctx: RunContext, round_number: int, history: list, model, n_train: int,
@@ -136,32 +147,32 @@ def _record_training(ctx: RunContext, round_number: int, history: list, model, n
 def run_round1(ctx: RunContext) -> dict:
     """Train round 1 from the seeded initial weights; save both and the test/validation metrics."""
     started = time.perf_counter()
-    runs.update_run(ctx.store, ctx.run_id, status="running", stage="round1")
+    _update_run(ctx, status="running", stage="round1")
     initial_path = ctx.dir / "initial.pt"
-    if not initial_path.exists():
-        _save_atomic(ctx.build_model().state_dict(), initial_path)
-    if (ctx.dir / "round1.pt").exists():
+    if not distributed.main_only(initial_path.exists):
+        distributed.main_only(_save_atomic, ctx.build_model().state_dict(), initial_path)
+    if distributed.main_only((ctx.dir / "round1.pt").exists):
         return {}
 
     model = ctx.load_model("initial.pt")
     history = train(model, ctx.splits.train, ctx.config.train_config(1), device=ctx.device,
                     progress=ctx.progress, checkpoint_path=str(ctx.dir / "round1.ckpt"), stage="round1",
                     val_data=ctx.splits.val)
-    reports = _record_training(ctx, 1, history, model, len(ctx.splits.train), None)
-    _save_atomic(model.state_dict(), ctx.dir / "round1.pt")
-    runs.update_run(ctx.store, ctx.run_id, timings={"round1_seconds": time.perf_counter() - started},
-                    diagnostics={"round1_last_epochs": history[-2:]})
+    reports = distributed.main_only(_record_training, ctx, 1, history, model, len(ctx.splits.train), None)
+    distributed.main_only(_save_atomic, model.state_dict(), ctx.dir / "round1.pt")
+    _update_run(ctx, timings={"round1_seconds": time.perf_counter() - started},
+                diagnostics={"round1_last_epochs": history[-2:]})
     return reports
 
 
 def validation_halves(labels: np.ndarray, seed: int) -> tuple:
     """Split validation positions into two halves, stratified by label where every class allows it."""
     rng = np.random.default_rng(seed + 424242)
-    half_a, half_b = [], []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        half_a.extend(members[0::2])
-        half_b.extend(members[1::2])
+    # Shuffle within each class, lay the classes end to end and deal the positions out alternately:
+    # each class splits evenly, and classes with one sample still alternate between the halves.
+    order = np.concatenate([rng.permutation(np.flatnonzero(labels == label)) for label in np.unique(labels)]
+                           or [np.array([], dtype=np.int64)])
+    half_a, half_b = list(order[0::2]), list(order[1::2])
     if not half_a or not half_b:
         raise ValueError(f"the validation split has {len(labels)} sample(s); it needs at least 2 to compute "
                          f"influence and choose the drop set. Use a larger validation fraction")
@@ -186,19 +197,23 @@ def _convergence_diagnostics(ctx: RunContext, problem: InfluenceProblem) -> dict
 
 
 def run_scoring(ctx: RunContext) -> None:
-    """Solve for the validation halves' directions, then score every training sample in chunks."""
-    if ctx.workspace.has_scores(ctx.run_id):
+    """Solve for the validation halves' directions, then score every training sample in chunks.
+
+    Under torchrun the solve's full-data sums are split over ranks, except with the exact solver,
+    which every rank runs whole (its curvature products run under vmap, where no collective can).
+    """
+    if distributed.main_only(ctx.workspace.has_scores, ctx.run_id):
         return
     started = time.perf_counter()
-    runs.update_run(ctx.store, ctx.run_id, status="running", stage="score")
+    _update_run(ctx, status="running", stage="score")
     config, splits = ctx.config, ctx.splits
     dtype = torch.float64 if config.influence_dtype == "float64" else torch.float32
     model = ctx.load_model("round1.pt").to(dtype)
     problem = InfluenceProblem(model, cross_entropy_losses, splits.train, params=config.params,
-                               curvature=config.curvature, dtype=dtype)
+                               curvature=config.curvature, dtype=dtype, across_ranks=config.solver != "exact")
 
     directions_path = ctx.dir / "directions.pt"
-    if directions_path.exists():
+    if distributed.main_only(directions_path.exists):
         saved = torch.load(directions_path, map_location="cpu", weights_only=True)
         directions = [saved["a"].to(ctx.device, dtype), saved["b"].to(ctx.device, dtype)]
     else:
@@ -208,22 +223,30 @@ def run_scoring(ctx: RunContext) -> None:
         for name, half in (("a", half_a), ("b", half_b)):
             direction, info = solve_direction(problem, torch.utils.data.Subset(splits.val, half), config.solver,
                                               config.damping, progress=ctx.progress, **config.all_solver_options())
-            directions.append(direction)
+            directions.append(distributed.broadcast(direction))
             solves[name] = info
-        _save_atomic({"a": directions[0].cpu(), "b": directions[1].cpu()}, directions_path)
+        distributed.main_only(_save_atomic, {"a": directions[0].cpu(), "b": directions[1].cpu()}, directions_path)
         diagnostics.update({"solver": config.solver, "curvature": config.curvature, "damping": config.damping,
                             "params": config.params, "num_params": problem.num_params, "solves": solves,
                             "validation_halves": [len(half_a), len(half_b)]})
-        runs.update_run(ctx.store, ctx.run_id, diagnostics={"influence": diagnostics},
-                        timings={"solve_seconds": time.perf_counter() - started})
+        _update_run(ctx, diagnostics={"influence": diagnostics},
+                    timings={"solve_seconds": time.perf_counter() - started})
 
     score_started = time.perf_counter()
     _score_in_chunks(ctx, problem, directions)
-    (ctx.dir / "scores.done").write_text("ok")
-    runs.update_run(ctx.store, ctx.run_id, timings={"score_seconds": time.perf_counter() - score_started})
+    distributed.barrier()
+    distributed.main_only((ctx.dir / "scores.done").write_text, "ok")
+    distributed.main_only(queries.prepare_scores, ctx.workspace, ctx.run_id)
+    _update_run(ctx, timings={"score_seconds": time.perf_counter() - score_started})
 
 
 def _score_in_chunks(ctx: RunContext, problem: InfluenceProblem, directions: list) -> None:
+    """Score and write each missing chunk; under torchrun rank r takes chunks r, r + world, ...
+
+    Chunk files are named by chunk number alone, so a run interrupted with one world size
+    continues with any other. Each chunk is written to a temporary file and renamed, so a
+    finished chunk is never half-written.
+    """
     splits, chunk = ctx.splits, ctx.config.score_chunk
     train_split = splits.train
     n = len(train_split)
@@ -231,12 +254,13 @@ def _score_in_chunks(ctx: RunContext, problem: InfluenceProblem, directions: lis
     model = ctx.load_model("round1.pt")
     for number, start in enumerate(range(0, n, chunk)):
         path = folder / f"chunk-{number:05d}.parquet"
-        if path.exists():
+        if number % distributed.world_size() != distributed.rank() or path.exists():
             continue
         indices = np.arange(start, min(start + chunk, n))
         influence_a = score_samples(problem, directions[0], train_split, indices=indices).double().numpy()
         influence_b = score_samples(problem, directions[1], train_split, indices=indices).double().numpy()
-        losses, predictions = predict(model, torch.utils.data.Subset(train_split, indices), device=ctx.device)
+        chunk_split = train_split.subset(indices) if hasattr(train_split, "subset") else torch.utils.data.Subset(train_split, indices)
+        losses, predictions = predict(model, chunk_split, device=ctx.device)
         influence = influence_a + influence_b
         if not np.isfinite(influence).all():
             raise RuntimeError(f"scores of training samples {start}..{indices[-1]} contain NaN or infinity; "
@@ -270,10 +294,8 @@ def apply_default_rule(ctx: RunContext) -> None:
 def run_round2(ctx: RunContext, approval_id: Optional[int] = None) -> dict:
     """Retrain from the round-1 initial weights on the samples the approval keeps, with augmentation."""
     started = time.perf_counter()
-    approval = decisions.get_approval(ctx.store, ctx.run_id, approval_id)
-    runs.update_run(ctx.store, ctx.run_id, status="running", stage="round2")
-    approved = pd.read_parquet(approval["path"])
-    kept = np.sort(approved.loc[approved["decision"] == "keep", "index"].to_numpy())
+    approval, kept = distributed.main_only(_approved_kept, ctx, approval_id)
+    _update_run(ctx, status="running", stage="round2")
     missing = sorted(set(range(ctx.splits.num_classes)) - set(np.unique(ctx.splits.train.labels[kept])))
     if missing:
         logger.warning("the approved set drops every training sample of class(es) %s", missing)
@@ -282,11 +304,18 @@ def run_round2(ctx: RunContext, approval_id: Optional[int] = None) -> dict:
     checkpoint = ctx.dir / f"round2-{approval['approval_id']}.ckpt"
     history = train(model, ctx.splits.train, ctx.config.train_config(2), indices=kept, device=ctx.device,
                     progress=ctx.progress, checkpoint_path=str(checkpoint), stage="round2", val_data=ctx.splits.val)
-    reports = _record_training(ctx, 2, history, model, len(kept), int(approval["approval_id"]))
-    _save_atomic(model.state_dict(), ctx.dir / f"round2-{approval['approval_id']}.pt")
-    runs.update_run(ctx.store, ctx.run_id, status="done", stage="done",
-                    timings={"round2_seconds": time.perf_counter() - started})
+    reports = distributed.main_only(_record_training, ctx, 2, history, model, len(kept),
+                                    int(approval["approval_id"]))
+    distributed.main_only(_save_atomic, model.state_dict(), ctx.dir / f"round2-{approval['approval_id']}.pt")
+    _update_run(ctx, status="done", stage="done", timings={"round2_seconds": time.perf_counter() - started})
     return reports
+
+
+def _approved_kept(ctx: RunContext, approval_id: Optional[int]) -> tuple:
+    """Return the approval record and the sorted training positions it keeps."""
+    approval = decisions.get_approval(ctx.store, ctx.run_id, approval_id)
+    approved = pd.read_parquet(approval["path"])
+    return approval, np.sort(approved.loc[approved["decision"] == "keep", "index"].to_numpy())
 
 
 STAGES = ("round1", "score", "rule", "approve", "round2")
@@ -306,18 +335,49 @@ def run_stages(workspace: Workspace, store: Store, run_id: str, stages=STAGES,
                 continue
             if stage == "round1":
                 run_round1(ctx)
-                ctx.record = runs.get_run(store, run_id)
+                ctx.record = distributed.main_only(runs.get_run, store, run_id)
             elif stage == "score":
                 run_scoring(ctx)
             elif stage == "rule":
-                apply_default_rule(ctx)
+                distributed.main_only(apply_default_rule, ctx)
             elif stage == "approve":
-                approval_id = decisions.approve(store, workspace, run_id)
+                approval_id = distributed.main_only(decisions.approve, store, workspace, run_id)
             elif stage == "round2":
                 run_round2(ctx, approval_id)
     except BaseException as error:
         message = f"{type(error).__name__}: {error}"
         if isinstance(error, KeyboardInterrupt):
             message = "interrupted; resume to continue from the last finished step"
-        runs.update_run(store, run_id, status="failed", error=message)
+        if distributed.is_main():
+            runs.update_run(store, run_id, status="failed", error=message)
         raise
+
+
+def clear_scores(ctx: RunContext) -> None:
+    """Delete the run's scores and solved directions, so that scoring starts again from the solve.
+
+    ``scores.done`` goes first: a crash part-way leaves a run that is simply not scored yet.
+    """
+    (ctx.dir / "scores.done").unlink(missing_ok=True)
+    (ctx.dir / queries.SORTED_SCORES).unlink(missing_ok=True)
+    (ctx.dir / "directions.pt").unlink(missing_ok=True)
+    for path in ctx.workspace.scores_dir(ctx.run_id).iterdir():
+        if path.name.startswith("chunk-"):
+            path.unlink()
+
+
+def rescore_run(workspace: Workspace, store: Store, run_id: str, progress: Optional[ProgressFn] = None) -> None:
+    """Score a run's round-1 model again from scratch, and re-apply the run's drop rule to the new scores.
+
+    A person's overrides stay in force. Raises ``FileNotFoundError`` when round 1 has not finished.
+    """
+    ctx = RunContext(workspace, store, run_id, progress)
+    if not distributed.main_only((ctx.dir / "round1.pt").exists):
+        raise FileNotFoundError(f"run {run_id} has no round-1 model ({ctx.dir / 'round1.pt'}); "
+                                f"finish round 1 first with `curator resume --run {run_id}`")
+    had_rule = distributed.main_only(lambda: decisions.current_rule(store, run_id) is not None)
+    distributed.main_only(clear_scores, ctx)
+    run_stages(workspace, store, run_id, ("score", "rule"), progress)
+    if had_rule:
+        distributed.main_only(lambda: decisions.set_rule(store, workspace, run_id,
+                                                         decisions.current_rule(store, run_id)))
