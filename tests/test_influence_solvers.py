@@ -13,7 +13,7 @@ from torch.utils.data import Subset, TensorDataset
 from core.datasets import load_dataset
 from core.influence import (ConjugateGradientSolver, ExactSolver, IndefiniteHessianError, InfluenceProblem,
                             LissaSolver, SolverDivergedError, cross_entropy_losses, influence_scores,
-                            select_parameters, solve_direction)
+                            score_samples, select_parameters, solve_direction)
 from core.models import build_model
 from influence_reference import (fit_softmax_regression, logreg_with, one_thread,  # noqa: F401
                                  reference_influence, relative_error)
@@ -228,3 +228,35 @@ def test_parameter_selection_names(cnn):
     assert len(select_parameters(model, "all")) == len(list(model.parameters()))
     with pytest.raises(ValueError, match="matches no parameter"):
         select_parameters(model, ["classifier.9"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("solver", ["exact", "cg", "lissa"])
+def test_cuda_scores_match_cpu(cnn, digits, solver):
+    model, subset = cnn
+    options = {"exact": {}, "cg": {"tol": 1e-10}, "lissa": {"depth": 50, "scale": 10.0, "tol": 0.0}}[solver]
+    common = dict(solver=solver, damping=0.1, params="last_layer", **options)
+
+    on_cpu = influence_scores(model, cross_entropy_losses, subset, digits.val, **common)
+    on_cuda = influence_scores(model.to("cuda"), cross_entropy_losses, subset, digits.val, **common)
+    model.to("cpu")
+
+    assert on_cuda.device.type == "cpu"
+    assert relative_error(on_cuda, on_cpu) < 1e-8
+
+
+def test_scores_from_gauss_newton_cache_equal_fresh(cnn, digits):
+    model, subset = cnn
+    problem = InfluenceProblem(model, cross_entropy_losses, subset, batch_size=128)
+    direction = torch.randn(problem.num_params, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fresh = score_samples(problem, direction, subset)
+    indices = np.array([299, 0, 128, 127, 5])
+
+    problem.curvature_product(direction)
+    cached = score_samples(problem, direction, subset)
+
+    assert problem.cached_directional_derivatives(direction) is not None
+    assert relative_error(cached, fresh) < 1e-10
+    assert relative_error(score_samples(problem, direction, subset, indices=indices), fresh[indices]) < 1e-10
+    other = Subset(subset, range(10))
+    assert relative_error(score_samples(problem, direction, other), fresh[:10]) < 1e-10

@@ -12,6 +12,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, linearize, vjp
 
 from core.datasets.base import iterate_batches
+from core.influence import defaults
 from core.influence.errors import NonFiniteGradientError
 
 #: ``loss_fn(outputs, targets) -> per-sample losses`` (``reduction="none"``).
@@ -54,7 +55,7 @@ class InfluenceProblem:
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, train, params="all",
-                 curvature: str = "gauss_newton", batch_size: int = 256, dtype: Optional[torch.dtype] = None,
+                 curvature: str = "gauss_newton", batch_size: int = defaults.BATCH_SIZE, dtype: Optional[torch.dtype] = None,
                  cache_limit: int = 20_000):
         if curvature not in CURVATURES:
             raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
@@ -168,19 +169,44 @@ class InfluenceProblem:
     def _cached_gauss_newton_product(self, vector: torch.Tensor) -> torch.Tensor:
         if self._linearised is None:
             self._linearised = []
-            for inputs, targets, _ in self.batches(self.train):
+            for inputs, targets, positions in self.batches(self.train):
                 def forward(p, inputs=inputs):
                     return self.outputs(p, inputs)
                 outputs, push_forward = linearize(forward, self.theta)
                 _, pullback = vjp(forward, self.theta)
-                self._linearised.append((outputs.detach(), targets, push_forward, pullback))
+                self._linearised.append((outputs.detach(), targets, positions, push_forward, pullback))
 
         total = 0
-        for outputs, targets, push_forward, pullback in self._linearised:
+        for outputs, targets, _, push_forward, pullback in self._linearised:
             output_grad = grad(lambda z, targets=targets: self.loss_fn(z, targets).sum())
             curved = jvp(output_grad, (outputs,), (push_forward(vector),))[1]
             total = total + pullback(curved)[0]
         return total / self.num_train
+
+    def cached_directional_derivatives(self, vector: torch.Tensor, indices=None) -> Optional[torch.Tensor]:
+        """Return ``grad L(x_i) . vector`` for training positions ``indices`` from the Gauss-Newton cache.
+
+        Replays the cached linearisation of each batch that holds a requested sample, which gives
+        the same values as ``directional_derivatives`` at a fraction of its cost. Returns None when
+        there is no cache or it lacks a requested sample (another rank's shard, for example).
+        """
+        if self._linearised is None:
+            return None
+        wanted = torch.arange(self.num_train) if indices is None else torch.as_tensor(indices, dtype=torch.int64)
+        requested = torch.zeros(self.num_train, dtype=torch.bool)
+        requested[wanted] = True
+        covered = torch.zeros(self.num_train, dtype=torch.bool)
+        values = torch.zeros(self.num_train, dtype=self.dtype, device=self.device)
+
+        for outputs, targets, positions, push_forward, _ in self._linearised:
+            if not requested[positions].any():
+                continue
+            tangent = push_forward(vector)
+            values[positions.to(self.device)] = jvp(lambda z: self.loss_fn(z, targets), (outputs,), (tangent,))[1]
+            covered[positions] = True
+        if not covered[wanted].all():
+            return None
+        return values[wanted.to(self.device)]
 
     def directional_derivatives(self, vector: torch.Tensor, inputs, targets) -> torch.Tensor:
         """Return ``grad L(x_i) . vector`` for every sample of the batch in one forward-mode pass."""

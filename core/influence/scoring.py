@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from core.influence import defaults
 from core.influence.errors import NonFiniteGradientError, SolverDivergedError
 from core.influence.problem import InfluenceProblem
 from core.influence.solvers import LissaSolver, make_solver
@@ -47,26 +48,40 @@ def score_samples(problem: InfluenceProblem, direction: torch.Tensor, data, indi
                   progress: Optional[ProgressFn] = None) -> torch.Tensor:
     """Return ``-direction . grad L(x)`` for the samples of ``data`` (or its ``indices``), in order.
 
-    One forward-mode pass per batch, about the cost of one training step per batch; no
-    per-sample gradient is formed. Raises ``NonFiniteGradientError`` naming the positions of any
-    sample whose score is NaN or infinite.
+    One forward-mode pass per batch, about three forward passes' cost; no per-sample gradient is
+    formed. When ``data`` is the problem's training set and a Gauss-Newton solve has built its
+    linearisation cache, the cache is replayed instead, which gives the same scores faster.
+    Raises ``NonFiniteGradientError`` naming the positions of any sample whose score is NaN or
+    infinite.
     """
-    chunks = []
     total = len(data) if indices is None else len(indices)
+    cached = problem.cached_directional_derivatives(direction, indices) if data is problem.train else None
+    if cached is not None:
+        scores = -cached.detach()
+        positions = torch.arange(total) if indices is None else torch.as_tensor(indices, dtype=torch.int64)
+        _raise_on_non_finite(scores, positions)
+        report(progress, "score", total, total, "scoring training samples")
+        return scores.cpu()
+
+    chunks = []
     done = 0
     for inputs, targets, positions in problem.batches(data, indices=indices):
         scores = -problem.directional_derivatives(direction, inputs, targets).detach()
-        bad = ~torch.isfinite(scores)
-        if bad.any():
-            raise NonFiniteGradientError(
-                f"the scores of samples at positions {positions[bad.cpu()].tolist()[:10]} are NaN or infinite; "
-                f"check those inputs for NaN or extreme values. No scores were kept")
+        _raise_on_non_finite(scores, positions)
         chunks.append(scores)
         done += len(targets)
         report(progress, "score", done, total, "scoring training samples")
     if not chunks:
         return torch.zeros(0, dtype=problem.dtype)
     return torch.cat(chunks).cpu()
+
+
+def _raise_on_non_finite(scores: torch.Tensor, positions: torch.Tensor) -> None:
+    bad = ~torch.isfinite(scores)
+    if bad.any():
+        raise NonFiniteGradientError(
+            f"the scores of samples at positions {positions[bad.cpu()].tolist()[:10]} are NaN or infinite; "
+            f"check those inputs for NaN or extreme values. No scores were kept")
 
 
 def solve_direction(problem: InfluenceProblem, val, solver: str = "cg", damping: float = 0.01,
@@ -124,8 +139,8 @@ def training_gradient_norm(problem: InfluenceProblem) -> float:
     return float(problem.training_gradient().norm())
 
 
-def compute_influence(model, loss_fn, train, val, solver: str = "cg", damping: float = 0.01,
-                      curvature: str = "gauss_newton", params="all", batch_size: int = 256,
+def compute_influence(model, loss_fn, train, val, solver: str = defaults.SOLVER, damping: float = defaults.DAMPING,
+                      curvature: str = defaults.CURVATURE, params="all", batch_size: int = defaults.BATCH_SIZE,
                       dtype: Optional[torch.dtype] = None, progress: Optional[ProgressFn] = None,
                       **solver_options) -> InfluenceResult:
     """Score every training sample; see the module docstring for the sign convention.
@@ -157,7 +172,7 @@ def compute_influence(model, loss_fn, train, val, solver: str = "cg", damping: f
     return InfluenceResult(scores=scores, direction=direction.cpu(), diagnostics=diagnostics)
 
 
-def influence_scores(model, loss_fn, train, val, solver: str = "cg", damping: float = 0.01,
+def influence_scores(model, loss_fn, train, val, solver: str = defaults.SOLVER, damping: float = defaults.DAMPING,
                      **options) -> torch.Tensor:
     """Return a 1-D tensor of influence scores, one per training sample in dataset order.
 
