@@ -26,8 +26,9 @@ import pandas as pd
 import torch
 
 from core.datasets.denoising import DenoisingSplits
-from core.denoising import (DenoiseOptions, evaluate_denoiser, load_splits_for, mse_losses, noisy_psnr,
-                            patch_losses, train_denoiser)
+from core.denoising import (DenoiseOptions, curvature_cache_limit, evaluate_denoiser, load_splits_for, mse_losses,
+                            noisy_psnr, patch_losses, train_denoiser)
+from core.models.dncnn import PAPER_DEPTH, PAPER_WIDTH
 from core.influence import InfluenceProblem, score_samples, solve_direction, training_gradient_norm
 from core.progress import ProgressFn, report
 from curator import decisions, runs
@@ -205,8 +206,10 @@ def run_denoise_scoring(ctx: DenoiseContext) -> None:
     config = ctx.config
     dtype = torch.float64 if config.influence_dtype == "float64" else torch.float32
     model = ctx.load_model("round1.pt").to(dtype)
+    options = {"depth": PAPER_DEPTH, "width": PAPER_WIDTH, **config.model_options}
+    cache_limit = curvature_cache_limit(ctx.splits.train.patch_size, options["depth"], options["width"])
     problem = InfluenceProblem(model, mse_losses, ctx.splits.train, params=config.params,
-                               curvature=config.curvature, dtype=dtype)
+                               curvature=config.curvature, dtype=dtype, cache_limit=cache_limit)
     directions = _solve_directions(ctx, problem, dtype)
 
     started = time.perf_counter()
