@@ -22,7 +22,9 @@ pages = [
 ]
 # Pages another part of the project adds, shown once their files exist.
 for path, title, icon in (("pages/experiment.py", "Experiment", ":material/science:"),
-                          ("pages/results.py", "Results", ":material/monitoring:")):
+                          ("pages/results.py", "Results", ":material/monitoring:"),
+                          ("pages/denoise_review.py", "Denoising review", ":material/blur_on:"),
+                          ("pages/denoise_results.py", "Denoising results", ":material/compare:")):
     if os.path.exists(os.path.join(ROOT, path)):
         pages.append(st.Page(path, title=title, icon=icon))
 

@@ -140,3 +140,20 @@ def train_split(root: str, run_id: str):
     """
     workspace = Workspace(root)
     return RunContext(workspace, Store(workspace), run_id).splits.train
+
+
+#: The page that shows each task's review, for runs opened on the other task's page.
+TASK_PAGES = {"classification": ("pages/review.py", "Review"),
+              "denoise": ("pages/denoise_review.py", "Denoising review")}
+
+
+def require_task(store: Store, run_id: str, task: str) -> None:
+    """Stop the page with a link to the right one when ``run_id`` is a run of another task."""
+    run_task = runs.get_run(store, run_id)["config"].get("task", "classification")
+    if run_task == task:
+        return
+    page, title = TASK_PAGES.get(run_task, TASK_PAGES["classification"])
+    st.info(f"Run {run_id} is a {run_task} run, and this page shows {task} runs. Open {title} instead, "
+            f"or choose another run in the sidebar.")
+    st.page_link(page, label=f"Go to {title}")
+    st.stop()

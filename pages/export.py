@@ -18,6 +18,7 @@ if run_id is None:
     st.info("There are no runs yet. Start one on Setup.")
     st.page_link("pages/setup.py", label="Go to Setup", icon=":material/tune:")
     st.stop()
+app_widgets.require_task(store, run_id, "classification")
 
 approvals = store.query("SELECT approval_id, n_drop, n_total, created_at FROM approvals WHERE run_id = ? "
                         "ORDER BY approval_id DESC", [run_id])

@@ -15,6 +15,7 @@ if run_id is None:
     st.info("There are no runs yet. Start one on Setup.")
     st.page_link("pages/setup.py", label="Go to Setup", icon=":material/tune:")
     st.stop()
+app_widgets.require_task(store, run_id, "classification")
 
 run = runs.get_run(store, run_id)
 if not workspace.has_scores(run_id):

@@ -5,12 +5,14 @@ as fixed buffers and never updated, and Dropout is off. The model's own train/ev
 buffers are left as they were.
 """
 
+import warnings
 from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, linearize, vjp
 
+from core import distributed
 from core.datasets.base import iterate_batches
 from core.influence import defaults
 from core.influence.errors import NonFiniteGradientError
@@ -52,11 +54,18 @@ class InfluenceProblem:
     stay fixed. ``dtype`` defaults to the model's. ``curvature`` is "hessian" (the true Hessian of
     the mean training loss) or "gauss_newton" (``J^T H_out J``, positive semi-definite for convex
     losses such as cross-entropy and MSE).
+
+    With ``across_ranks`` (under torchrun) each full-data sum runs over this rank's contiguous
+    shard of the data and is then summed over ranks with an all-reduce, so every rank gets the
+    global result. The full-data sums are ``loss_gradient_sum`` and the full training-set
+    curvature product. Every rank must then make the same calls in the same order.
+    Mini-batch products (``curvature_product(v, batch=...)``) are not reduced, and a collective
+    cannot run under ``torch.func.vmap``, so the exact solver needs ``across_ranks=False``.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, train, params="all",
                  curvature: str = "gauss_newton", batch_size: int = defaults.BATCH_SIZE, dtype: Optional[torch.dtype] = None,
-                 cache_limit: int = 20_000):
+                 cache_limit: int = 20_000, across_ranks: bool = False):
         if curvature not in CURVATURES:
             raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
         self.model = model
@@ -83,6 +92,7 @@ class InfluenceProblem:
         self.cache_limit = cache_limit
         self._linearised = None
         self._training_gradient = None
+        self.across_ranks = across_ranks and distributed.is_distributed()
 
     @property
     def num_params(self) -> int:
@@ -107,6 +117,13 @@ class InfluenceProblem:
         """Per-sample losses at parameters ``flat``."""
         return self.loss_fn(self.outputs(flat, inputs), targets)
 
+    def _own_positions(self, data):
+        """Return the positions of ``data`` this rank sums over: all (None) unless ``across_ranks``."""
+        return distributed.shard_positions(len(data)) if self.across_ranks else None
+
+    def _sum_over_ranks(self, total: torch.Tensor) -> torch.Tensor:
+        return distributed.all_reduce_sum(total) if self.across_ranks else total
+
     def batches(self, data, indices=None) -> Iterable:
         """Yield ``(inputs, targets, positions)`` on the problem's device and dtype."""
         for inputs, targets, positions in iterate_batches(data, self.batch_size, indices=indices):
@@ -119,8 +136,9 @@ class InfluenceProblem:
     def loss_gradient_sum(self, data, name: str = "validation") -> torch.Tensor:
         """Return ``sum_j grad L(z_j)`` over all samples of ``data``; raise on NaN or infinity."""
         total = torch.zeros_like(self.theta)
-        for inputs, targets, _ in self.batches(data):
+        for inputs, targets, _ in self.batches(data, indices=self._own_positions(data)):
             total += grad(lambda p: self.losses(p, inputs, targets).sum())(self.theta)
+        total = self._sum_over_ranks(total)
         if not torch.isfinite(total).all():
             raise NonFiniteGradientError(
                 f"the {name} loss gradient contains NaN or infinity "
@@ -162,17 +180,21 @@ class InfluenceProblem:
             return self._cached_gauss_newton_product(vector)
         # Out-of-place sums here and below, so that ``vmap`` over many vectors (the exact solver) works.
         total = 0
-        for inputs, targets, _ in self.batches(self.train):
+        for inputs, targets, _ in self.batches(self.train, indices=self._own_positions(self.train)):
             total = total + self.batch_curvature_product(vector, inputs, targets)
-        return total / self.num_train
+        return self._sum_over_ranks(total) / self.num_train
 
     def _cached_gauss_newton_product(self, vector: torch.Tensor) -> torch.Tensor:
         if self._linearised is None:
             self._linearised = []
-            for inputs, targets, positions in self.batches(self.train):
+            for inputs, targets, positions in self.batches(self.train, indices=self._own_positions(self.train)):
                 def forward(p, inputs=inputs):
                     return self.outputs(p, inputs)
-                outputs, push_forward = linearize(forward, self.theta)
+                with warnings.catch_warnings():
+                    # linearize traces through torch.fx, whose constant folding warns about its own
+                    # get_attr nodes (torch 2.14); the warning says nothing about the user's model.
+                    warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
+                    outputs, push_forward = linearize(forward, self.theta)
                 _, pullback = vjp(forward, self.theta)
                 self._linearised.append((outputs.detach(), targets, positions, push_forward, pullback))
 
@@ -181,7 +203,7 @@ class InfluenceProblem:
             output_grad = grad(lambda z, targets=targets: self.loss_fn(z, targets).sum())
             curved = jvp(output_grad, (outputs,), (push_forward(vector),))[1]
             total = total + pullback(curved)[0]
-        return total / self.num_train
+        return self._sum_over_ranks(total) / self.num_train
 
     def cached_directional_derivatives(self, vector: torch.Tensor, indices=None) -> Optional[torch.Tensor]:
         """Return ``grad L(x_i) . vector`` for training positions ``indices`` from the Gauss-Newton cache.
