@@ -11,7 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from core import distributed
 from core.augment import build_augmentation
 from core.datasets.base import iterate_batches
 from core.evaluation import predict
@@ -101,6 +103,11 @@ def train(model: nn.Module, data, config: TrainConfig, indices: Optional[np.ndar
     Raises ``TrainingDivergedError`` when a batch loss is NaN or infinite; the checkpoint of the last
     finished epoch is kept. ``val_data`` (a split with ``labels``) is evaluated after every epoch
     when ``config.schedule`` is "plateau"; its error is added to the history as ``val_error``.
+
+    Under torchrun (``core.distributed.setup`` called) every rank calls ``train`` with the same
+    arguments and trains a ``DistributedDataParallel`` copy; see ``_train_epoch_on_ranks`` for how
+    the steps match the single-process ones. Only rank 0 writes the checkpoint, and every rank
+    returns the same history.
     """
     device = device or next(model.parameters()).device
     model.to(device)
@@ -126,6 +133,8 @@ def train(model: nn.Module, data, config: TrainConfig, indices: Optional[np.ndar
         raise ValueError("the training set is empty; keep at least one sample per class")
     steps_per_epoch = math.ceil(n / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
+    on_ranks = distributed.is_distributed()
+    network = _wrap_for_ranks(model, device) if on_ranks else model
 
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
@@ -133,29 +142,36 @@ def train(model: nn.Module, data, config: TrainConfig, indices: Optional[np.ndar
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         loss_sum, correct, seen = 0.0, 0, 0
 
-        for step, (inputs, targets, _) in enumerate(iterate_batches(
-                data, config.batch_size, shuffle=True, generator=generator, indices=indices)):
-            # Augmenting after the copy lets the GPU do it; the draws still come from the CPU generator.
-            inputs, targets = inputs.to(device), targets.to(device)
-            if augment is not None:
-                inputs = augment(inputs, generator)
-            with _autocast(device, config):
-                logits = model(inputs)
-                loss = F.cross_entropy(logits, targets)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"{stage}: training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    f"lower the learning rate (now {scheduler.get_last_lr()[0]:g}) or check the inputs "
-                    f"for NaN. The checkpoint of the last finished epoch ({epoch}) is kept.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        if on_ranks:
+            loss_sum, correct, seen = _train_epoch_on_ranks(
+                network, data, config, indices, epoch, generator, augment, optimizer, device,
+                on_step=lambda step: report(progress, stage, epoch * steps_per_epoch + step, total_steps,
+                                            f"epoch {epoch + 1}/{config.epochs}"),
+                diverged=lambda step, value: _diverged(stage, value, epoch, step, scheduler))
+        else:
+            for step, (inputs, targets, _) in enumerate(iterate_batches(
+                    data, config.batch_size, shuffle=True, generator=generator, indices=indices)):
+                # Augmenting after the copy lets the GPU do it; the draws still come from the CPU generator.
+                inputs, targets = inputs.to(device), targets.to(device)
+                if augment is not None:
+                    inputs = augment(inputs, generator)
+                with _autocast(device, config):
+                    logits = model(inputs)
+                    loss = F.cross_entropy(logits, targets)
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"{stage}: training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                        f"lower the learning rate (now {scheduler.get_last_lr()[0]:g}) or check the inputs "
+                        f"for NaN. The checkpoint of the last finished epoch ({epoch}) is kept.")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
 
-            loss_sum += loss.item() * len(targets)
-            correct += (logits.argmax(1) == targets).sum().item()
-            seen += len(targets)
-            report(progress, stage, epoch * steps_per_epoch + step + 1, total_steps,
-                   f"epoch {epoch + 1}/{config.epochs}")
+                loss_sum += loss.item() * len(targets)
+                correct += (logits.argmax(1) == targets).sum().item()
+                seen += len(targets)
+                report(progress, stage, epoch * steps_per_epoch + step + 1, total_steps,
+                       f"epoch {epoch + 1}/{config.epochs}")
 
         lr = scheduler.get_last_lr()[0]
         record = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen, "lr": lr}
@@ -165,8 +181,80 @@ def train(model: nn.Module, data, config: TrainConfig, indices: Optional[np.ndar
         else:
             scheduler.step()
         history.append({**record, "seconds": time.perf_counter() - started})
-        if checkpoint_path:
+        if checkpoint_path and distributed.is_main():
             _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "history": history}, checkpoint_path)
 
     return history
+
+
+def _diverged(stage: str, value: float, epoch: int, step: int, scheduler) -> TrainingDivergedError:
+    return TrainingDivergedError(
+        f"{stage}: training loss became {value} at epoch {epoch + 1}, step {step}; lower the learning "
+        f"rate (now {scheduler.get_last_lr()[0]:g}) or check the inputs for NaN. The checkpoint of the "
+        f"last finished epoch ({epoch}) is kept.")
+
+
+def _wrap_for_ranks(model: nn.Module, device: torch.device) -> DistributedDataParallel:
+    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _train_epoch_on_ranks(network: DistributedDataParallel, data, config: TrainConfig, indices, epoch: int,
+                          generator: torch.Generator, augment, optimizer, device, on_step, diverged) -> tuple:
+    """Train one epoch on this rank's part of every batch; return the global ``(loss_sum, correct, seen)``.
+
+    Every rank draws the single-process permutation from the same epoch-seeded ``generator`` and
+    takes its contiguous part of each global batch of ``config.batch_size`` samples. So the step
+    count and each step's samples are those of a single process, and a part may be empty. Each rank's
+    summed loss is scaled by ``world_size / len(batch)``, so the gradient that DDP averages over
+    ranks is the gradient of the batch's mean loss. What differs from one process: BatchNorm
+    normalises each part with its own statistics (the running statistics kept are rank 0's), and
+    augmentation draws from a per-rank generator. One small all-reduce per step sums the loss and
+    accuracy counts, so every rank sees a NaN loss at the same step and raises ``diverged(step, value)``.
+    """
+    positions = torch.arange(len(data)) if indices is None else torch.as_tensor(indices, dtype=torch.int64)
+    positions = positions[torch.randperm(len(positions), generator=generator)]
+    augment_generator = torch.Generator().manual_seed(
+        (config.seed * 100_003 + epoch) * 1_009 + distributed.rank())
+    sample_shape = data[int(positions[0])][0].shape
+    world = distributed.world_size()
+    totals = torch.zeros(3, dtype=torch.float64)
+
+    for step, start in enumerate(range(0, len(positions), config.batch_size)):
+        batch = positions[start:start + config.batch_size]
+        begin, end = distributed.shard_bounds(len(batch))
+        inputs, targets = _load_part(data, batch[begin:end], sample_shape)
+        inputs, targets = inputs.to(device), targets.to(device)
+        if augment is not None and len(targets):
+            inputs = augment(inputs, augment_generator)
+        with _autocast(device, config):
+            logits = network(inputs)
+            summed = F.cross_entropy(logits, targets, reduction="sum")
+
+        counts = torch.tensor([summed.item(), (logits.argmax(1) == targets).sum().item(), len(targets)],
+                              dtype=torch.float64)
+        distributed.all_reduce_sum(counts)
+        if not math.isfinite(counts[0].item()):
+            raise diverged(step + 1, counts[0].item())
+        optimizer.zero_grad(set_to_none=True)
+        (summed * (world / len(batch))).backward()
+        optimizer.step()
+
+        totals += counts
+        on_step(step + 1)
+
+    # Each rank updated BatchNorm's running statistics with its own parts. Taking rank 0's gives
+    # every rank the checkpoint's model, and so the same validation error.
+    for buffer in network.module.buffers():
+        distributed.broadcast(buffer)
+    return totals[0].item(), int(totals[1].item()), int(totals[2].item())
+
+
+def _load_part(data, part: torch.Tensor, sample_shape) -> tuple:
+    """Return ``(inputs, targets)`` of the positions ``part``, or empty tensors when it is empty."""
+    if len(part) == 0:
+        return torch.empty((0, *sample_shape)), torch.empty(0, dtype=torch.int64)
+    inputs, targets, _ = next(iterate_batches(data, len(part), indices=part))
+    return inputs, targets

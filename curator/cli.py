@@ -101,11 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     resume = commands.add_parser("resume", help="continue an interrupted run from its last finished step")
     _add_workspace(resume)
-    resume.add_argument("--run", required=True, help="run id")
+    resume.add_argument("--run", "--run-id", dest="run", required=True,
+                        help="run id (spell it --run-id under torchrun, whose own --run-path makes --run ambiguous)")
+
+    score = commands.add_parser("score", help="score a finished round-1 model again from scratch",
+                                description="Delete a run's scores and solved directions, compute them again and "
+                                            "re-apply its drop rule. Works with and without torchrun.")
+    _add_workspace(score)
+    score.add_argument("--run", "--run-id", dest="run", default=None,
+                       help="run id (default: the latest run; spell it --run-id under torchrun)")
+    score.add_argument("--quiet", action="store_true", help="no progress bar")
 
     job = commands.add_parser("job", help="run stages of an existing run (used by the app)")
     _add_workspace(job)
-    job.add_argument("--run", required=True, help="run id")
+    job.add_argument("--run", "--run-id", dest="run", required=True, help="run id (--run-id under torchrun)")
     job.add_argument("--stages", required=True, help="comma-separated stages: round1,score,rule,approve,round2")
     job.add_argument("--approval", type=int, default=None, help="approval id for round2 (default: the latest)")
 
@@ -164,12 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that run under torchrun, one process per device; the others run in one process.
+RANKED_COMMANDS = ("run", "resume", "job", "score")
+
+
+def _launched_with_ranks() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _is_main_rank() -> bool:
+    """Return True in a single process and on torchrun's rank 0, the only rank that opens the store."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _open(args):
+    """Return the workspace and its store; under torchrun the other ranks get ``None`` for the store."""
     from curator.store import Store
     from curator.workspace import Workspace
 
     workspace = Workspace(args.workspace)
-    return workspace, Store(workspace)
+    return workspace, Store(workspace) if _is_main_rank() else None
 
 
 class _ProgressBar:
@@ -290,10 +313,13 @@ def _run_job(workspace, store, run_id, stages, approval_id=None, quiet=True):
     from curator.progress import ProgressFile
 
     folder = workspace.run_dir(run_id)
-    (folder / "job.pid").write_text(str(os.getpid()))
-    bar = _ProgressBar(not quiet)
+    main_rank = _is_main_rank()
+    if main_rank:
+        (folder / "job.pid").write_text(str(os.getpid()))
+    bar = _ProgressBar(not quiet and main_rank)
+    progress = ProgressFile(folder / "progress.json", echo=bar) if main_rank else None
     try:
-        run_stages(workspace, store, run_id, stages, ProgressFile(folder / "progress.json", echo=bar), approval_id)
+        run_stages(workspace, store, run_id, stages, progress, approval_id)
     finally:
         bar.close()
 
@@ -321,38 +347,70 @@ def _print_summary(results: dict) -> None:
 
 
 def _command_run(args) -> int:
+    from core import distributed
     from curator.pipeline import create_run
     from curator.results import run_results
 
     config = _config_from_args(args)
     workspace, store = _open(args)
     started = time.perf_counter()
-    run_id = create_run(workspace, store, config)
-    print(f"run {run_id} in {workspace.root}", file=sys.stderr)
+    run_id = distributed.main_only(create_run, workspace, store, config)
+    if _is_main_rank():
+        print(f"run {run_id} in {workspace.root}", file=sys.stderr)
     stages = ["round1", "score", "rule"] + ([] if args.no_round2 else ["approve", "round2"])
     _run_job(workspace, store, run_id, stages, quiet=args.quiet)
-    results = run_results(store, workspace, run_id)
-    _print_summary(results)
-    print(f"  total: {time.perf_counter() - started:.1f} s")
+    if _is_main_rank():
+        _print_summary(run_results(store, workspace, run_id))
+        print(f"  total: {time.perf_counter() - started:.1f} s")
     return 0
 
 
-def _command_resume(args) -> int:
+def _stages_to_resume(store, run_id) -> list:
     from curator import decisions, runs
-    from curator.results import run_results
 
-    workspace, store = _open(args)
-    run = runs.get_run(store, args.run)
+    run = runs.get_run(store, run_id)
     stages = ["round1", "score", "rule"]
     try:
-        decisions.get_approval(store, args.run)
+        decisions.get_approval(store, run_id)
         stages.append("round2")
     except LookupError:
         pass
     if run["stage"] == "round2" and "round2" not in stages:
         stages += ["approve", "round2"]
+    return stages
+
+
+def _command_resume(args) -> int:
+    from core import distributed
+    from curator.results import run_results
+
+    workspace, store = _open(args)
+    stages = distributed.main_only(_stages_to_resume, store, args.run)
     _run_job(workspace, store, args.run, stages, quiet=False)
-    _print_summary(run_results(store, workspace, args.run))
+    if _is_main_rank():
+        _print_summary(run_results(store, workspace, args.run))
+    return 0
+
+
+def _command_score(args) -> int:
+    from core import distributed
+    from curator.pipeline import rescore_run
+    from curator.progress import ProgressFile
+    from curator.results import run_results
+
+    workspace, store = _open(args)
+    run_id = distributed.main_only(_resolve_run, store, args.run)
+    main_rank = _is_main_rank()
+    bar = _ProgressBar(not args.quiet and main_rank)
+    folder = workspace.run_dir(run_id)
+    if main_rank:
+        (folder / "job.pid").write_text(str(os.getpid()))
+    try:
+        rescore_run(workspace, store, run_id, ProgressFile(folder / "progress.json", echo=bar) if main_rank else None)
+    finally:
+        bar.close()
+    if main_rank:
+        _print_summary(run_results(store, workspace, run_id))
     return 0
 
 
@@ -455,11 +513,27 @@ def _command_app(args) -> int:
 def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    if _launched_with_ranks() and args.command not in RANKED_COMMANDS:
+        raise SystemExit(f"curator {args.command} runs in one process; start it without torchrun "
+                         f"(torchrun runs only: {', '.join(RANKED_COMMANDS)})")
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level if _is_main_rank() else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     handlers = {"run": _command_run, "resume": _command_resume, "export": _command_export,
-                "results": _command_results, "app": _command_app,
-                "experiment": _command_experiment, "verify": _command_verify}
+                "results": _command_results, "app": _command_app, "verify": _command_verify,
+                "experiment": _command_experiment, "score": _command_score}
+    if _launched_with_ranks():
+        from core import distributed
+
+        distributed.setup()
+        try:
+            return _dispatch(args, handlers)
+        finally:
+            distributed.teardown()
+    return _dispatch(args, handlers)
+
+
+def _dispatch(args, handlers) -> int:
     try:
         if args.command == "job":
             workspace, store = _open(args)
