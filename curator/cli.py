@@ -464,7 +464,8 @@ def _command_verify(args) -> int:
           f"(verification {result['verification_id']})")
     print(f"  Pearson {result['pearson']:.3f}, Spearman {result['spearman']:.3f} between predicted and actual "
           f"change in total validation loss")
-    print(f"  noise floor (batch order alone): {result['noise_floor']:.3g}; {result['seconds']:.0f} s")
+    print(f"  change from another batch order alone (cancelled by pairing): {result['noise_floor']:.3g}; "
+          f"{result['seconds']:.0f} s")
     return 0
 
 

@@ -260,3 +260,14 @@ def test_scores_from_gauss_newton_cache_equal_fresh(cnn, digits):
     assert relative_error(score_samples(problem, direction, subset, indices=indices), fresh[indices]) < 1e-10
     other = Subset(subset, range(10))
     assert relative_error(score_samples(problem, direction, other), fresh[:10]) < 1e-10
+
+
+def test_cg_stops_at_machine_precision():
+    problem = quadratic_problem(EIGENVALUES)
+
+    solution, info = ConjugateGradientSolver(tol=0.0, max_iter=100).solve(
+        problem, torch.arange(1.0, 6.0, dtype=torch.float64), damping=0.1)
+
+    assert info["iterations"] < 100
+    assert info["converged"]
+    assert torch.isfinite(solution).all()

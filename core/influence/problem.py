@@ -208,7 +208,7 @@ class InfluenceProblem:
     def cached_directional_derivatives(self, vector: torch.Tensor, indices=None) -> Optional[torch.Tensor]:
         """Return ``grad L(x_i) . vector`` for training positions ``indices`` from the Gauss-Newton cache.
 
-        Replays the cached linearisation of each batch that holds a requested sample, which gives
+        Replays the cached linearisation of each batch that contains a requested sample, which gives
         the same values as ``directional_derivatives`` at a fraction of its cost. Returns None when
         there is no cache or it lacks a requested sample (another rank's shard, for example).
         """

@@ -139,8 +139,8 @@ def lanczos_extremes(alphas: list, betas: list) -> tuple:
 class ConjugateGradientSolver(InverseHVPSolver):
     """Conjugate gradient on ``H + damping*I`` with full-training-set curvature products.
 
-    One full product per iteration. Stops when ``||r|| / ||v||`` falls below ``tol`` or after
-    ``max_iter`` products. A step with ``p^T (H + damping*I) p <= 0`` proves the damped matrix
+    One full product per iteration. Stops when ``||r|| / ||v||`` falls below ``tol`` (or below the
+    dtype's machine epsilon, whichever is larger) or after ``max_iter`` products. A step with ``p^T (H + damping*I) p <= 0`` proves the damped matrix
     indefinite and raises ``IndefiniteHessianError``; one whose Rayleigh quotient is zero within
     rounding of the largest seen raises ``SingularHessianError`` (typical with damping 0).
     Running out of iterations is reported as ``converged: False`` and logged as a warning with the
@@ -193,13 +193,14 @@ class ConjugateGradientSolver(InverseHVPSolver):
             alphas.append(float(alpha))
             residuals.append(relative)
             report(progress, "solve", iteration, self.max_iter, f"CG residual {relative:.2e}")
-            if relative < self.tol:
+            # Below the dtype's resolution further steps divide rounding noise by rounding noise.
+            if relative < self.tol or relative < torch.finfo(problem.dtype).eps:
                 break
             betas.append(float(rr_next / rr))
             p = r + (rr_next / rr) * p
             rr = rr_next
 
-        converged = relative < self.tol
+        converged = relative < max(self.tol, torch.finfo(problem.dtype).eps)
         if not converged:
             logger.warning("CG stopped after %d iterations at relative residual %.3g (tolerance %.1g); "
                            "raise max_iter or damping", iteration, relative, self.tol)
