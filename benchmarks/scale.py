@@ -103,8 +103,12 @@ class GeneratedSplit(TensorSplit):
     def with_labels(self, labels, true_labels):
         raise NotImplementedError("the benchmark's generated split has fixed labels")
 
-    def subset(self, indices):
-        raise NotImplementedError("the benchmark's generated split cannot be subsampled")
+    def subset(self, indices) -> TensorSplit:
+        """Return the samples at ``indices`` as an in-memory split (the pipeline predicts a chunk this way)."""
+        positions = np.asarray(indices, dtype=np.int64)
+        blank = np.broadcast_to(np.zeros((1, 32, 32, 3), dtype=np.uint8), (len(positions), 32, 32, 3))
+        return TensorSplit(self.images[torch.from_numpy(positions)], self.labels[positions],
+                           [self.sample_ids[int(i)] for i in positions], blank)
 
 
 def load_generated(seed: int = 0, size: int = 10_000) -> DatasetSplits:

@@ -35,12 +35,36 @@ def wait_for(condition, what: str, timeout: float = 240.0, interval: float = 0.0
         time.sleep(interval)
 
 
-def kill_job(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
+class Jobs:
+    """Jobs started through ``jobs.start_job``; each is killed and reaped at most once."""
+
+    def __init__(self):
+        self.running = set()
+
+    def start(self, workspace, run_id, stages) -> int:
+        pid = jobs.start_job(workspace, run_id, stages)
+        self.running.add(pid)
+        return pid
+
+    def kill(self, pid: int) -> None:
+        # Only a pid not yet reaped is signalled, so a recycled pid is never hit.
+        if pid not in self.running:
+            return
+        self.running.discard(pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):  # it ended and was reaped by subprocess already
+            pass
+
+
+@pytest.fixture
+def started_jobs():
+    """The test's jobs; any left running by a failed test is killed at teardown."""
+    tracker = Jobs()
+    yield tracker
+    for pid in list(tracker.running):
+        tracker.kill(pid)
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +84,16 @@ def uninterrupted(workspace_and_store):
 
 
 @pytest.mark.slow
-def test_killed_job_resumes_to_same_results(workspace_and_store, uninterrupted):
+def test_killed_job_resumes_to_same_results(workspace_and_store, uninterrupted, started_jobs):
     workspace, store = workspace_and_store
     run_id = create_run(workspace, store, RunConfig(**CONFIG))
     folder = workspace.run_dir(run_id)
     scores = workspace.scores_dir(run_id)
 
     # Kill during round 1, after the first epoch checkpoint and before the last epoch ends.
-    pid = jobs.start_job(workspace, run_id, STAGES)
+    pid = started_jobs.start(workspace, run_id, STAGES)
     wait_for(lambda: (folder / "round1.ckpt").exists() or (folder / "round1.pt").exists(), "an epoch checkpoint")
-    kill_job(pid)
+    started_jobs.kill(pid)
     assert not (folder / "round1.pt").exists(), "round 1 finished before it could be killed; raise CONFIG epochs"
     epochs_done = len(torch.load(folder / "round1.ckpt", weights_only=True)["history"])
     state = jobs.job_state(store, workspace, run_id)
@@ -77,10 +101,10 @@ def test_killed_job_resumes_to_same_results(workspace_and_store, uninterrupted):
     assert 1 <= epochs_done < CONFIG["epochs"]
 
     # Continue as the app does, and kill again once some score chunks are written.
-    pid = jobs.start_job(workspace, run_id, STAGES)
+    pid = started_jobs.start(workspace, run_id, STAGES)
     wait_for(lambda: len(list(scores.glob("chunk-*.parquet"))) >= 3 or (folder / "scores.done").exists(),
              "three score chunks")
-    kill_job(pid)
+    started_jobs.kill(pid)
     assert not (folder / "scores.done").exists(), "scoring finished before it could be killed"
     state = jobs.job_state(store, workspace, run_id)
     assert (state["status"], state["stage"]) == ("interrupted", "score")
