@@ -8,8 +8,25 @@ gradients sum to about zero, so the scores sum to about zero and roughly half ar
 "Drop every positive score" then removes a third to two thirds of the data, often most of one class,
 and retraining without it raised validation loss in every measurement we know of on the digits CNN.
 The default, ``validated``, instead chooses *how many* to drop on validation data that did not
-produce the ranking (two-fold cross-fitting over a split validation set), caps the total, and caps
-each class.
+produce the ranking (two-fold cross-fitting over a split validation set), drops nothing unless that
+cross-fitted gain beats random orderings (a permutation test), caps the total, and caps each class.
+
+Evidence for the defaults (``benchmarks/drop_rule.py``: digits, default CNN, 30 epochs, test
+error of retraining from the same initial weights with augmentation; ``benchmarks/README.md`` has
+the tables). Seeds 0-4 chose the defaults and seeds 5-9 then checked them:
+
+- 10% symmetric label noise, seeds 0-4: the earlier default (at most 10%, no test) reached k near
+  10% in two of five seeds and averaged 3.93% test error, worse than a random drop of the same size
+  (3.11%) and below round 1 (4.59%) in only 3 of 5 seeds. At most 5% averaged 2.22%, against 2.96%
+  and 3.19% for two random drops of the same size, and was below round 1 in 4 of 5 seeds. The
+  permutation test passed in every noisy seed, so it changed nothing there.
+- Clean labels, seeds 0-4: with at most 5% the test found no significant gain in any seed, so the
+  rule dropped nothing and matched retraining on all samples (0.52%; round 1 1.26%).
+- Seeds 5-9 with the new defaults: noisy 2.22% against 4.07% for round 1 (lower in 5 of 5) and
+  2.74% for a random drop of the same size; clean 0.96% against 1.04% for round 1, with the
+  paired interval -0.46 to +0.31 points, after dropping nothing in 2 of 5 seeds.
+- Seed noise is large on 270 test images: no difference against retraining on all samples is
+  significant, so the defaults are chosen to do no harm more than to promise a gain.
 """
 
 from dataclasses import asdict, dataclass
@@ -21,8 +38,10 @@ RULES = ("validated", "paper", "threshold", "top_k", "top_fraction")
 
 #: The largest share of any class a rule may drop unless the person changes it.
 DEFAULT_CLASS_CAP = 1 / 3
-#: The largest share of the training set the validated rule may drop.
-DEFAULT_MAX_FRACTION = 0.10
+#: The largest share of the training set the validated rule may drop (see the module docstring).
+DEFAULT_MAX_FRACTION = 0.05
+#: Level of the validated rule's permutation test: drop nothing unless p <= this.
+DEFAULT_ALPHA = 0.05
 #: Random orderings in the validated rule's permutation test (when ``alpha`` is set).
 PERMUTATIONS = 200
 
@@ -41,7 +60,7 @@ class DropRule:
     name: str = "validated"
     value: Optional[float] = DEFAULT_MAX_FRACTION
     class_cap: float = DEFAULT_CLASS_CAP
-    alpha: Optional[float] = None
+    alpha: Optional[float] = DEFAULT_ALPHA
 
     def __post_init__(self):
         if self.name not in RULES:
@@ -62,6 +81,7 @@ class DropRule:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DropRule":
+        """Build a rule from ``to_dict`` output; a missing key takes the field's default."""
         return cls(**data)
 
     def describe(self) -> str:
@@ -125,7 +145,7 @@ def permutation_p_value(scores_a: np.ndarray, scores_b: np.ndarray, limit: int,
     """Test whether the best cross-fitted gain over ``k = 1..limit`` beats random orderings.
 
     The statistic is ``max(curve[1:limit + 1])``. Under the null hypothesis that one half's ranking
-    says nothing about the other half's scores, pairing A with a random permutation of B is as
+    carries no information about the other half's scores, pairing A with a random permutation of B is as
     likely as the real pairing, so the p-value is ``(1 + #{null max >= observed}) / (1 + permutations)``
     over seeded permutations. Cost: ``2 * permutations`` sorts of ``n`` scores.
     """

@@ -21,7 +21,7 @@ def _add_workspace(parser):
 
 def _add_run_options(parser):
     from core.datasets import LOADERS
-    from core.drop_rules import RULES
+    from core.drop_rules import DEFAULT_ALPHA, DEFAULT_MAX_FRACTION, RULES
     from core.influence import defaults
     from core.presets import PRESETS
     from curator.config import DENOISE_PRESET, TASKS
@@ -70,7 +70,10 @@ def _add_run_options(parser):
                         help="drop rule (default: validated; 'paper' drops every positive score)")
     parser.add_argument("--drop-value", type=float, default=None,
                         help="the rule's value: threshold, count (top_k), share (top_fraction) or "
-                             "maximum share (validated, default 0.1)")
+                             f"maximum share (validated, default {DEFAULT_MAX_FRACTION:g})")
+    parser.add_argument("--drop-alpha", type=float, default=DEFAULT_ALPHA,
+                        help=f"validated rule: drop nothing unless its cross-fitted gain beats random orderings "
+                             f"at p <= this (default {DEFAULT_ALPHA:g}; 0 turns the test off)")
     parser.add_argument("--class-cap", type=float, default=1 / 3,
                         help="largest share of any class that may be dropped (default: 0.333)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -233,7 +236,7 @@ def _config_from_args(args):
         value = DEFAULT_MAX_FRACTION
     if value is None and args.drop_rule in ("threshold", "top_k", "top_fraction"):
         raise SystemExit(f"curator run: --drop-rule {args.drop_rule} needs --drop-value")
-    rule = DropRule(args.drop_rule, value, args.class_cap)
+    rule = DropRule(args.drop_rule, value, args.class_cap, alpha=args.drop_alpha or None)
     settings = {"solver_options": _parse_solver_options(args.solver_option) or None,
                 "dataset_options": _parse_json_options(args.data_option, "--data-option") or None,
                 "model_options": _parse_json_options(args.model_option, "--model-option") or None,

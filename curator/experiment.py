@@ -30,6 +30,7 @@ import secrets
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -71,13 +72,15 @@ class ExperimentConfig:
     ``run`` is a ``RunConfig`` dict whose ``seed`` is replaced by each seed in turn (the seed sets
     the split, the initial weights and the label noise). ``self_influence_params`` is the
     parameter subset of the self-influence ranking. ``extra_rules`` maps a short name to a
-    ``DropRule`` dict; each becomes one more arm, ``rule_<name>``, trained like ``dropout``.
+    ``DropRule`` dict; each becomes one more arm, ``rule_<name>``, trained like ``dropout``. With
+    ``matched_random`` each also gets ``random_<name>``, a random drop of the same size per seed.
     """
 
     seeds: list
     run: dict = field(default_factory=lambda: RunConfig().to_dict())
     self_influence_params: str = "last_layer"
     extra_rules: dict = field(default_factory=dict)
+    matched_random: bool = False
 
     def __post_init__(self):
         seeds = [int(seed) for seed in self.seeds]
@@ -92,12 +95,18 @@ class ExperimentConfig:
             DropRule.from_dict(rule)
 
     def arms(self) -> list:
-        """Return every arm of this experiment: ``ARMS`` then one ``rule_<name>`` per extra rule."""
-        return list(ARMS) + [f"rule_{name}" for name in self.extra_rules]
+        """Return every arm: ``ARMS``, then ``rule_<name>`` (and ``random_<name>``) per extra rule."""
+        arms = list(ARMS)
+        for name in self.extra_rules:
+            arms += [f"rule_{name}", f"random_{name}"] if self.matched_random else [f"rule_{name}"]
+        return arms
 
     def arm_labels(self) -> dict:
-        extra = {f"rule_{name}": DropRule.from_dict(rule).describe() for name, rule in self.extra_rules.items()}
-        return {**ARM_LABELS, **extra}
+        labels = dict(ARM_LABELS)
+        for name, rule in self.extra_rules.items():
+            labels[f"rule_{name}"] = DropRule.from_dict(rule).describe()
+            labels[f"random_{name}"] = f"random drop of the same size as rule_{name} (control)"
+        return {arm: labels[arm] for arm in self.arms()}
 
     def run_config(self, seed: int) -> RunConfig:
         return RunConfig.from_dict({**self.run, "seed": int(seed)})
@@ -238,7 +247,7 @@ def run_seed(workspace: Workspace, store: Store, experiment_id: str, config: Exp
     ctx = RunContext(workspace, store, run_id, progress)
     samples = queries.samples(store, workspace, run_id)
     masks = drop_sets(samples, seed)
-    masks.update(extra_drop_sets(samples, config.extra_rules))
+    masks.update(extra_drop_sets(samples, config.extra_rules, seed if config.matched_random else None))
     done = set(store.query("SELECT DISTINCT arm FROM experiment_arms WHERE experiment_id = ? AND seed = ?",
                            [experiment_id, seed])["arm"])
     if "round1" not in done:
@@ -278,22 +287,36 @@ def drop_sets(samples: pd.DataFrame, seed: int) -> dict:
             "high_loss": high_loss}
 
 
-def extra_drop_sets(samples: pd.DataFrame, rules: dict) -> dict:
-    """Return the drop mask of each extra rule, ``rule_<name>``, from the run's stored scores."""
+def extra_drop_sets(samples: pd.DataFrame, rules: dict, random_seed: Optional[int] = None) -> dict:
+    """Return the drop mask of each extra rule, ``rule_<name>``, from the run's stored scores.
+
+    With ``random_seed`` each rule also gets ``random_<name>``: as many samples drawn at random,
+    seeded by ``random_seed`` and the rule's name.
+    """
     samples = samples.sort_values("index")
     masks = {}
     for name, rule in rules.items():
-        masks[f"rule_{name}"] = select_drop(DropRule.from_dict(rule), samples["influence"].to_numpy(),
-                                            samples["label"].to_numpy(), samples["influence_a"].to_numpy(),
-                                            samples["influence_b"].to_numpy())
+        mask = select_drop(DropRule.from_dict(rule), samples["influence"].to_numpy(), samples["label"].to_numpy(),
+                           samples["influence_a"].to_numpy(), samples["influence_b"].to_numpy())
+        masks[f"rule_{name}"] = mask
+        if random_seed is not None:
+            rng = np.random.default_rng([random_seed, 99_991, zlib.crc32(name.encode())])
+            random = np.zeros(len(mask), dtype=bool)
+            random[rng.choice(len(mask), size=int(mask.sum()), replace=False)] = True
+            masks[f"random_{name}"] = random
     return masks
 
 
-def add_rules(store: Store, experiment_id: str, rules: dict) -> None:
-    """Add extra rule arms to a stored experiment; resuming it trains only the new arms."""
-    record = get_experiment(store, experiment_id)
-    config = record["config"]
-    config = ExperimentConfig.from_dict({**config.to_dict(), "extra_rules": {**config.extra_rules, **rules}})
+def add_rules(store: Store, experiment_id: str, rules: dict, matched_random: Optional[bool] = None) -> None:
+    """Add extra rule arms (and, with ``matched_random``, their random controls) to a stored experiment.
+
+    Resuming the experiment then trains only the new arms, on the scores already stored.
+    """
+    config = get_experiment(store, experiment_id)["config"].to_dict()
+    config["extra_rules"] = {**config["extra_rules"], **rules}
+    if matched_random is not None:
+        config["matched_random"] = matched_random
+    config = ExperimentConfig.from_dict(config)
     store.execute("UPDATE experiments SET config = ?, updated_at = ? WHERE experiment_id = ?",
                   [json.dumps(config.to_dict()), dt.datetime.now(), experiment_id])
 

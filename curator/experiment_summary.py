@@ -16,6 +16,9 @@ from curator.experiment import REFERENCES, get_experiment
 from curator.label_noise import RANKING_LABELS, RANKINGS
 from curator.store import Store
 
+#: Arms compared with ``random``: those of its size, and the two that drop nothing.
+SAME_SIZE_AS_RANDOM = ("round1", "full", "dropout", "high_loss")
+
 
 def arm_rows(store: Store, experiment_id: str) -> pd.DataFrame:
     """Return the stored arm results, one row per seed, arm and split, ordered by seed."""
@@ -96,8 +99,11 @@ def experiment_summary(store: Store, experiment_id: str) -> dict:
 
     paired, per_class = {}, {}
     for arm in arms_present:
-        paired[arm] = {f"vs_{reference}": _paired(test, arm, reference)
-                       for reference in REFERENCES if reference != arm}
+        references = [reference for reference in REFERENCES
+                      if reference != arm and (reference != "random" or arm in SAME_SIZE_AS_RANDOM)]
+        if arm.startswith("rule_") and f"random_{arm[5:]}" in arms_present:
+            references.append(f"random_{arm[5:]}")
+        paired[arm] = {f"vs_{reference}": _paired(test, arm, reference) for reference in references}
         if arm != "round1":
             per_class[arm] = _per_class(test, arm)
 
@@ -155,7 +161,7 @@ def _points(value: float) -> str:
 
 
 def certainty_sentence(paired: Optional[dict], what: str) -> str:
-    """Say in plain words whether a paired test-error difference is told apart from seed noise."""
+    """Return a plain-words sentence on whether a paired test-error difference exceeds seed noise."""
     if paired is None:
         return f"There is no result yet for {what}."
     if paired["low"] is None:
@@ -172,8 +178,8 @@ def certainty_sentence(paired: Optional[dict], what: str) -> str:
                 f"This is a real worsening: the {paired['confidence']:.0%} interval, {interval}, lies entirely "
                 f"above zero.")
     return (f"{what.capitalize()}: test error changed by {_points(paired['mean'])} on average ({counts}), but the "
-            f"{paired['confidence']:.0%} interval, {interval}, includes zero, so this is not told apart from the "
-            f"seed-to-seed variation.")
+            f"{paired['confidence']:.0%} interval, {interval}, includes zero, so it cannot be distinguished from "
+            f"the seed-to-seed variation.")
 
 
 def plain_findings(summary: dict) -> dict:

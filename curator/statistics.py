@@ -2,8 +2,8 @@
 
 Error rates are shares in [0, 1]. A paired difference is ``arm - reference`` per seed, so a negative
 mean means the arm has the lower error. Intervals are two-sided Student t intervals over seeds
-(``scipy.stats.t.interval``); with one seed there is no spread to estimate, and the interval is
-reported as undefined rather than as zero width. Detection metrics come from scikit-learn.
+(``scipy.stats.t.interval``). One seed gives no spread to estimate, so its interval is reported as
+undefined rather than as zero width. Detection metrics come from scikit-learn.
 """
 
 import math
@@ -38,7 +38,7 @@ def summarize(values) -> dict:
 def t_interval(differences, confidence: float = CONFIDENCE) -> tuple:
     """Return ``(low, high, note)``: the t interval of the mean of ``differences``.
 
-    ``low`` and ``high`` are None with fewer than two values (``note`` says why). Identical values
+    ``low`` and ``high`` are None with fewer than two values, and ``note`` gives the reason. Identical values
     give a zero-width interval at their mean.
     """
     differences = np.asarray(differences, dtype=np.float64)

@@ -106,11 +106,11 @@ def status_panel(record: dict) -> None:
 def arms_table(summary: dict) -> pd.DataFrame:
     rows = []
     for arm, values in summary["arms"].items():
-        rows.append({"arm": arm, "what it trains on": summary["arm_labels"][arm],
-                     "dropped (mean)": values["n_dropped"]["mean"],
+        rows.append({"arm": arm, "dropped (mean)": values["n_dropped"]["mean"],
                      "test error (mean)": values["test_error"]["mean"],
                      "test error (std over seeds)": values["test_error"]["std"],
-                     "validation error (mean; chose the drop set)": values["validation_error"]["mean"]})
+                     "validation error (mean; chose the drop set)": values["validation_error"]["mean"],
+                     "what it trains on": summary["arm_labels"][arm]})
     return pd.DataFrame(rows)
 
 

@@ -53,9 +53,9 @@ else:
         st.error(str(error))
     else:
         class_names = app_review.class_names_of(runs.get_run(store, run_id))
-        shown = samples.head(EXAMPLES).to_dict("records")
+        examples = samples.head(EXAMPLES).to_dict("records")
         columns = st.columns(6)
-        for number, row in enumerate(shown):
+        for number, row in enumerate(examples):
             caption = f"labelled {gallery.class_name(row['label'], class_names)}"
             badge = gallery.flip_badge(row, class_names)
             if badge:

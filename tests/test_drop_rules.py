@@ -231,8 +231,11 @@ def test_drop_rule_round_trips_through_dict():
     assert DropRule.from_dict(rule.to_dict()) == rule
 
 
-def test_drop_rule_reads_dicts_without_alpha():
-    assert DropRule.from_dict({"name": "paper", "value": None, "class_cap": 1.0}).alpha is None
+def test_drop_rule_default_is_tested_validated():
+    rule = DropRule()
+
+    assert (rule.name, rule.value, rule.alpha) == ("validated", 0.05, 0.05)
+    assert DropRule.from_dict({"name": "validated", "value": 0.1, "class_cap": 0.5}).alpha == 0.05
 
 
 def test_every_rule_has_a_description():

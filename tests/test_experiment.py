@@ -271,3 +271,14 @@ def test_summary_labels_every_error_with_its_split(stored):
         assert {"test_error", "validation_error"} <= set(values)
     assert "error" not in stored["summary"]["arms"]["dropout"]
     assert set(stored["summary"]["paired_test_error"]["dropout"]) == {"vs_round1", "vs_full", "vs_random"}
+    assert set(stored["summary"]["paired_test_error"]["paper"]) == {"vs_round1", "vs_full"}
+    assert set(stored["summary"]["paired_test_error"]["rule_top5"]) == {"vs_round1", "vs_full"}
+
+
+def test_cli_list_shows_experiment(stored, capsys):
+    code = main(["experiment", "--workspace", str(stored["workspace"].root), "--list", "--format", "json"])
+
+    listed = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [row["experiment_id"] for row in listed] == [stored["id"]]
+    assert listed[0]["status"] == "done"
