@@ -10,11 +10,16 @@ reviewed run: the validated rule's drops (10% of samples), a second rule that ch
 500 person overrides and 100 cleared overrides, plus a second run's events in the same table.
 Each query of ``curator.queries`` that the review page calls is then timed: the first call, and
 the median of ``--repeats`` further calls. The target is under 0.5 s each.
+
+``--baseline REV`` also times ``curator/queries.py`` as it was at git revision REV on the same
+data, side by side, and prints the ratio of the medians (baseline / current).
 """
 
 import argparse
 import datetime as dt
+import importlib.util
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ROOT = Path(__file__).resolve().parent.parent
 
 from curator import queries  # noqa: E402
 from curator.store import Store  # noqa: E402
@@ -80,23 +87,42 @@ def store_events(store: Store, events: pd.DataFrame) -> None:
         connection.unregister("events")
 
 
+def load_baseline(revision: str, folder: str):
+    """Import ``curator/queries.py`` as it was at git ``revision``, as a separate module."""
+    source = subprocess.run(["git", "show", f"{revision}:curator/queries.py"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout
+    path = Path(folder) / "queries_baseline.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("queries_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def time_call(function, repeats: int) -> tuple:
-    """Return ``(first call's seconds, median of the next repeats, result)``."""
+    """Return ``(first call's seconds, median seconds and median CPU seconds of the next repeats)``.
+
+    CPU seconds are this process's, DuckDB's worker threads included; on a shared machine they
+    show the work done, while wall seconds also count the time spent waiting for a core.
+    """
     started = time.perf_counter()
-    result = function()
+    function()
     first = time.perf_counter() - started
-    seconds = []
+    seconds, cpu_seconds = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         function()
         seconds.append(time.perf_counter() - started)
-    return first, statistics.median(seconds), result
+        cpu_seconds.append(time.process_time() - cpu_started)
+    return first, statistics.median(seconds), statistics.median(cpu_seconds)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_280_000, help="score rows (default: 1280000)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls after the first (default: 5)")
+    parser.add_argument("--baseline", default=None, metavar="REV",
+                        help="also time curator/queries.py of this git revision, e.g. d889bbb")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="store-queries-") as folder:
@@ -114,26 +140,32 @@ def main() -> int:
         queries.prepare_scores(workspace, run_id)
         print(f"prepare_scores (once, at the end of scoring): {time.perf_counter() - started:.2f} s")
 
+        baseline = load_baseline(args.baseline, folder) if args.baseline else None
         deep_page = args.rows // 2 // 24
         calls = {
-            "gallery_page first": lambda: queries.gallery_page(store, workspace, run_id, page=0),
-            f"gallery_page deep (page {deep_page})": lambda: queries.gallery_page(store, workspace, run_id,
-                                                                               page=deep_page),
-            "gallery_page class 3, least unfavorable": lambda: queries.gallery_page(
+            "gallery_page first": lambda q: q.gallery_page(store, workspace, run_id, page=0),
+            f"gallery_page deep (page {deep_page})": lambda q: q.gallery_page(store, workspace, run_id,
+                                                                           page=deep_page),
+            "gallery_page class 3, least unfavorable": lambda q: q.gallery_page(
                 store, workspace, run_id, most_unfavorable=False, page=10, label=3),
-            "gallery_page class 3, deep": lambda: queries.gallery_page(store, workspace, run_id, page=deep_page // 10,
-                                                                       label=3),
-            "histogram": lambda: queries.histogram(store, workspace, run_id),
-            "per_class": lambda: queries.per_class(store, workspace, run_id),
-            "count": lambda: queries.count(store, workspace, run_id),
+            "gallery_page class 3, deep": lambda q: q.gallery_page(store, workspace, run_id, page=deep_page // 10,
+                                                                   label=3),
+            "histogram": lambda q: q.histogram(store, workspace, run_id),
+            "per_class": lambda q: q.per_class(store, workspace, run_id),
+            "count": lambda q: q.count(store, workspace, run_id),
         }
-        print(f"{'query':<45} {'first s':>8} {'median s':>9}  under {TARGET_SECONDS} s")
+        columns = f"{'query':<45} {'first s':>8} {'median s':>9} {'cpu s':>6}  under {TARGET_SECONDS} s"
+        print(columns + (f"  {'baseline median s':>17} {'ratio':>6}" if baseline else ""))
         slow = 0
         for name, call in calls.items():
-            first, median, _ = time_call(call, args.repeats)
+            first, median, cpu = time_call(lambda: call(queries), args.repeats)
             ok = max(first, median) < TARGET_SECONDS
             slow += not ok
-            print(f"{name:<45} {first:>8.3f} {median:>9.3f}  {'yes' if ok else 'NO'}")
+            line = f"{name:<45} {first:>8.3f} {median:>9.3f} {cpu:>6.3f}  {'yes' if ok else 'NO':<11}"
+            if baseline:
+                _, old_median, _ = time_call(lambda: call(baseline), args.repeats)
+                line += f"  {old_median:>17.3f} {old_median / median:>6.1f}"
+            print(line)
     return 1 if slow else 0
 
 

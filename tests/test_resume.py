@@ -1,7 +1,7 @@
 """A run killed with SIGKILL in round 1 and again while scoring resumes to the uninterrupted results.
 
-The job runs as the app starts it (``curator.jobs.start_job``, a child ``curator job`` process);
-the test kills that child at a moment it picks by watching the run's folder, checks that
+The job runs as the app starts it: ``curator.jobs.start_job`` starts a child ``curator job``
+process. The test kills that child at a moment it picks by watching the run's folder, checks that
 ``job_state`` reports the run as interrupted, and continues it.
 """
 
@@ -47,7 +47,7 @@ class Jobs:
         return pid
 
     def kill(self, pid: int) -> None:
-        # Only a pid not yet reaped is signalled, so a recycled pid is never hit.
+        # Only a pid this tracker has not reaped is signalled, which keeps clear of recycled pids.
         if pid not in self.running:
             return
         self.running.discard(pid)
