@@ -15,9 +15,9 @@ loss over 30 left-out samples, retrained warm (5 epochs from round 1's weights) 
     hessian, damping 1.0          warm 0.90 / 0.81   scratch 0.78 / 0.78
 
 Speed and agreement, ``PYTHONPATH=. .venv/bin/python benchmarks/influence_speed.py``: at damping 0.1
-CG reaches relative residual 1e-3 in 12 iterations, and one solve plus scoring costs about 18
-epochs, including the one-time linearisation of the Gauss-Newton cache; its scores agree with a
-solve converged to 4e-9 at Pearson 1.0000. ``benchmarks/README.md`` has the full tables.
+CG reaches relative residual 1e-3 in 12 iterations, and one solve plus scoring costs 14 to 18
+epochs, including the one-time linearisation of the Gauss-Newton cache. Its scores agree with a
+solve converged to float32 precision at Pearson 1.0000. ``benchmarks/README.md`` has the tables.
 """
 
 #: Gauss-Newton: positive semi-definite for cross-entropy, so every damping > 0 gives a valid solve.
@@ -31,9 +31,10 @@ SOLVER = "cg"
 #: Pearson > 0.9999 at damping 0.1 and at 0.01 (31 iterations there).
 CG_TOL = 1e-3
 CG_MAX_ITER = 500
-#: Each LiSSA step costs about 0.2 epochs (a 128-sample product), and mini-batch noise keeps the
-#: residual above 0.1, so more depth buys little. At damping 0.1 depth 100 agreed with a converged
-#: solve at Pearson 0.954 and depth 300 at 0.992 (for about 20 and 60 epochs with power iteration).
+#: Each LiSSA step costs about 0.1-0.2 epochs (a 128-sample product), and mini-batch noise keeps
+#: the residual near 0.1, so more depth buys little. At damping 0.1, depth 100 / 200 / 300 / 1000
+#: agreed with a converged solve at Pearson 0.954 / 0.996 / 0.992 / 0.991 for about 15 / 22 / 31 /
+#: 195 epochs, power iteration included.
 LISSA_DEPTH = 200
 LISSA_REPEATS = 1
 LISSA_BATCH_SIZE = 128
