@@ -241,20 +241,23 @@ def run_scoring(ctx: RunContext) -> None:
 
 
 def _score_in_chunks(ctx: RunContext, problem: InfluenceProblem, directions: list) -> None:
-    """Score and write each missing chunk; under torchrun rank r takes chunks r, r + world, ...
+    """Score and write each missing chunk. Under torchrun a rank takes the chunks that start in its shard.
 
-    Chunk files are named by chunk number alone, so a run interrupted with one world size
-    continues with any other. Each chunk is written to a temporary file and renamed, so a
-    finished chunk is never half-written.
+    A rank's shard is the contiguous block of training positions that its part of the solve
+    summed over, so a Gauss-Newton cache built there can be replayed for its chunks. Chunk files
+    are named by chunk number alone, so a run interrupted with one world size continues with any
+    other. Each chunk is written to a temporary file and renamed, so a finished chunk is never
+    half-written.
     """
     splits, chunk = ctx.splits, ctx.config.score_chunk
     train_split = splits.train
     n = len(train_split)
     folder = ctx.workspace.scores_dir(ctx.run_id)
     model = ctx.load_model("round1.pt")
+    shard_start, shard_stop = distributed.shard_bounds(n)
     for number, start in enumerate(range(0, n, chunk)):
         path = folder / f"chunk-{number:05d}.parquet"
-        if number % distributed.world_size() != distributed.rank() or path.exists():
+        if not shard_start <= start < shard_stop or path.exists():
             continue
         indices = np.arange(start, min(start + chunk, n))
         influence_a = score_samples(problem, directions[0], train_split, indices=indices).double().numpy()
