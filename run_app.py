@@ -8,7 +8,8 @@ import os
 
 import streamlit as st
 
-from curator import app_widgets
+from pages import widgets
+
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -29,7 +30,7 @@ for path, title, icon in (("pages/experiment.py", "Experiment", ":material/scien
         pages.append(st.Page(path, title=title, icon=icon))
 
 navigation = st.navigation(pages)
-workspace, store = app_widgets.open_workspace()
-app_widgets.run_selector(store)
+workspace, store = widgets.open_workspace()
+widgets.run_selector(store)
 st.sidebar.caption(f"Workspace: `{workspace.root}`")
 navigation.run()

@@ -2,20 +2,21 @@
 
 import streamlit as st
 
-from curator import app_widgets, denoise_charts, denoise_queries, runs
+from curator import denoise_charts, denoise_queries, runs
+from pages import widgets
 
 st.title("Denoising results")
 st.markdown("PSNR in dB of each test image against its clean original (higher is better): the noisy input, "
             "round 1 trained on every patch, and round 2 retrained without the approved drop set. Test images "
             "took no part in choosing the drop set.")
-workspace, store = app_widgets.open_workspace()
-run_id = app_widgets.current_run(store)
+workspace, store = widgets.open_workspace()
+run_id = widgets.current_run(store)
 run = runs.get_run(store, run_id) if run_id else None
 if run is None or not denoise_queries.is_denoise_run(run):
     st.info("Select a denoising run in the sidebar, or start one with `curator run --task denoise`.")
     st.stop()
 
-app_widgets.job_panel(workspace, store, run_id, key="denoise_results", show_finished=False)
+widgets.job_panel(workspace, store, run_id, key="denoise_results", show_finished=False)
 approvals = denoise_queries.round2_approvals(store, run_id)
 approval_id = None
 if len(approvals) > 1:

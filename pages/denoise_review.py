@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-from curator import (app_charts, app_review, app_state, app_widgets, decisions, denoise_queries, gallery, jobs,
+from curator import (app_charts, app_review, app_state, decisions, denoise_queries, gallery, jobs,
                      queries, runs)
+from pages import widgets
 
 PAGE_SIZE = 12
 
@@ -11,14 +12,14 @@ st.title("Denoising review")
 st.markdown("Each training sample is a noisy 40x40 patch (by default) with its clean target, cut from a training "
             "image. A positive influence means that removing the patch is predicted to lower the denoising loss "
             "on the whole validation images: the patch is *unfavorable*. The red box shows where it was cut.")
-workspace, store = app_widgets.open_workspace()
-run_id = app_widgets.current_run(store)
+workspace, store = widgets.open_workspace()
+run_id = widgets.current_run(store)
 run = runs.get_run(store, run_id) if run_id else None
 if run is None or not denoise_queries.is_denoise_run(run):
     st.info("Select a denoising run in the sidebar, or start one with `curator run --task denoise`.")
     st.stop()
 
-running = app_widgets.job_panel(workspace, store, run_id, key="denoise_review")
+running = widgets.job_panel(workspace, store, run_id, key="denoise_review")
 if not workspace.has_scores(run_id):
     st.info(f"Run {run_id} has no scores yet; they appear when round 1 and scoring have finished.")
     st.stop()

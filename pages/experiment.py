@@ -8,9 +8,10 @@ import streamlit as st
 from core.datasets import LOADERS
 from core.drop_rules import DEFAULT_MAX_FRACTION, RULES, DropRule
 from core.models import BUILDERS
-from curator import app_widgets, experiment, experiment_charts, experiment_summary
+from curator import experiment, experiment_charts, experiment_summary
 from curator.config import RunConfig
 from curator.progress import read_progress
+from pages import widgets
 
 SELECTED = "experiment_selected"
 
@@ -21,7 +22,7 @@ st.markdown(
     "same initial weights several ways: on every sample again, without the drop set, without the paper rule's "
     "drop set, and without a random set or the highest-loss set of the same size. Test error decides nothing; "
     "it is only reported.")
-workspace, store = app_widgets.open_workspace()
+workspace, store = widgets.open_workspace()
 
 
 def start_form() -> None:

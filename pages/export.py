@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from curator import app_widgets, export
+from curator import export
+from pages import widgets
 
 MIME_TYPES = {"csv": "text/csv", "json": "application/json", "parquet": "application/vnd.apache.parquet"}
 FORMAT_NAMES = {"csv": "CSV", "json": "JSON", "parquet": "Parquet"}
@@ -12,13 +13,13 @@ st.title("Export the curated index")
 st.markdown("One row per training sample: `index` (0-based position in the training split), `sample_id`, the "
             "given `label`, the `influence` score and the approved `decision` (keep or drop). Runs with "
             "injected label noise add `true_label`.")
-workspace, store = app_widgets.open_workspace()
-run_id = app_widgets.current_run(store)
+workspace, store = widgets.open_workspace()
+run_id = widgets.current_run(store)
 if run_id is None:
     st.info("There are no runs yet. Start one on Setup.")
     st.page_link("pages/setup.py", label="Go to Setup", icon=":material/tune:")
     st.stop()
-app_widgets.require_task(store, run_id, "classification")
+widgets.require_task(store, run_id, "classification")
 
 approvals = store.query("SELECT approval_id, n_drop, n_total, created_at FROM approvals WHERE run_id = ? "
                         "ORDER BY approval_id DESC", [run_id])

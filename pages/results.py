@@ -3,15 +3,16 @@
 import pandas as pd
 import streamlit as st
 
-from curator import app_review, app_widgets, experiment, experiment_charts, experiment_summary, gallery, queries, runs
+from curator import app_review, experiment, experiment_charts, experiment_summary, gallery, queries, runs
 from curator.pipeline import DatasetChangedError
+from pages import widgets
 
 SELECTED = "experiment_selected"
 #: Example images shown from the drop set.
 EXAMPLES = 12
 
 st.title("Results in plain words")
-workspace, store = app_widgets.open_workspace()
+workspace, store = widgets.open_workspace()
 
 experiments = experiment.list_experiments(store)
 if experiments.empty:
@@ -48,7 +49,7 @@ if samples.empty:
             "validation data, so round 2 trained on everything.")
 else:
     try:
-        split = app_widgets.train_split(str(workspace.root), run_id)
+        split = widgets.train_split(str(workspace.root), run_id)
     except DatasetChangedError as error:
         st.error(str(error))
     else:

@@ -3,26 +3,27 @@
 import streamlit as st
 
 from core.drop_rules import RULES
-from curator import app_charts, app_review, app_state, app_widgets, decisions, gallery, queries, runs
+from curator import app_charts, app_review, app_state, decisions, gallery, queries, runs
 from curator.pipeline import DatasetChangedError
+from pages import widgets
 
 COLUMNS = 5
 
 st.title("Review the drop set")
-workspace, store = app_widgets.open_workspace()
-run_id = app_widgets.current_run(store)
+workspace, store = widgets.open_workspace()
+run_id = widgets.current_run(store)
 if run_id is None:
     st.info("There are no runs yet. Start one on Setup.")
     st.page_link("pages/setup.py", label="Go to Setup", icon=":material/tune:")
     st.stop()
-app_widgets.require_task(store, run_id, "classification")
+widgets.require_task(store, run_id, "classification")
 
 run = runs.get_run(store, run_id)
 if not workspace.has_scores(run_id):
     st.info(f"Run {run_id} has no influence scores yet; they appear here when round 1 and scoring finish.")
-    app_widgets.job_panel(workspace, store, run_id, key="review")
+    widgets.job_panel(workspace, store, run_id, key="review")
     st.stop()
-app_widgets.job_panel(workspace, store, run_id, key="review", show_finished=False)
+widgets.job_panel(workspace, store, run_id, key="review", show_finished=False)
 
 class_names = app_review.class_names_of(run)
 label_noise = app_review.has_label_noise(run)
@@ -170,7 +171,7 @@ def show_galleries() -> None:
     st.caption("Positive scores are unfavorable: removing the sample is predicted to lower validation loss. "
                "Keep or Drop overrides the rule for one image; Undo hands it back to the rule.")
     try:
-        split = app_widgets.train_split(workspace_root, run_id)
+        split = widgets.train_split(workspace_root, run_id)
     except DatasetChangedError as error:
         st.error(f"The images cannot be shown, because the data changed: {error}")
         split = None
@@ -218,7 +219,7 @@ def _approve() -> None:
 
 def show_approval() -> None:
     st.subheader("Approve")
-    latest = app_widgets.latest_approval_id(store, run_id)
+    latest = widgets.latest_approval_id(store, run_id)
     if latest is not None:
         approval = decisions.get_approval(store, run_id, latest)
         st.caption(f"Latest approval: #{latest}, {approval['n_drop']:,} of {approval['n_total']:,} dropped, "

@@ -2,19 +2,20 @@
 
 import streamlit as st
 
-from curator import app_charts, app_compare, app_review, app_state, app_widgets, export, jobs, queries, runs
+from curator import app_charts, app_compare, app_review, app_state, export, jobs, queries, runs
+from pages import widgets
 
 st.title("Round two")
 st.markdown("Round 2 retrains the same architecture from the same initial weights on the samples the approval "
             "keeps, with augmentation on, and is compared with round 1 on the test split, which took no part "
             "in choosing the drop set.")
-workspace, store = app_widgets.open_workspace()
-run_id = app_widgets.current_run(store)
+workspace, store = widgets.open_workspace()
+run_id = widgets.current_run(store)
 if run_id is None:
     st.info("There are no runs yet. Start one on Setup.")
     st.page_link("pages/setup.py", label="Go to Setup", icon=":material/tune:")
     st.stop()
-app_widgets.require_task(store, run_id, "classification")
+widgets.require_task(store, run_id, "classification")
 
 run = runs.get_run(store, run_id)
 approvals = store.query("SELECT approval_id, n_drop, n_total, created_at FROM approvals WHERE run_id = ? "
@@ -29,7 +30,7 @@ labels = {int(row.approval_id): f"#{int(row.approval_id)}: drops {int(row.n_drop
 approval_id = st.selectbox("Approved drop set", list(labels), format_func=labels.get, key=f"round2_approval_{run_id}",
                            help="The latest approval is selected by default.")
 
-running = app_widgets.job_panel(workspace, store, run_id, key="round2", show_finished=False)
+running = widgets.job_panel(workspace, store, run_id, key="round2", show_finished=False)
 metrics = queries.metrics(store, run_id)
 trained = approval_id in app_compare.approvals_with_round2(metrics)
 label = "Retrain round 2 with this drop set" if trained else "Start round 2 with this drop set"

@@ -6,8 +6,9 @@ from core.datasets import LOADERS
 from core.drop_rules import RULES
 from core.influence import defaults
 from core.models import BUILDERS
-from curator import app_state, app_widgets, jobs, runs
+from curator import app_state, jobs, runs
 from curator.pipeline import create_run
+from pages import widgets
 
 st.title("Data Dropout Curator")
 st.markdown(
@@ -15,7 +16,7 @@ st.markdown(
     "raise the validation loss, and shows you the samples that hurt most. You review and approve which "
     "to drop, then retrain without them and compare the test error of both rounds.")
 
-workspace, store = app_widgets.open_workspace()
+workspace, store = widgets.open_workspace()
 SESSION = "session"
 
 
@@ -31,7 +32,7 @@ def show_current_run(run_id: str) -> None:
         st.caption(f"{config['dataset']} · {config['model']} · {config['epochs']} epochs · solver {config['solver']} "
                    f"({config['curvature']}, damping {config['damping']:g}) · label noise "
                    f"{config['label_noise']:.0%}")
-        app_widgets.job_panel(workspace, store, run_id, key="setup")
+        widgets.job_panel(workspace, store, run_id, key="setup")
         with st.container(horizontal=True):
             if workspace.has_scores(run_id):
                 st.page_link("pages/review.py", label="Review the drop set", icon=":material/fact_check:")
@@ -41,7 +42,7 @@ def show_current_run(run_id: str) -> None:
             st.dataframe(runs.list_runs(store), hide_index=True)
 
 
-current = app_widgets.current_run(store)
+current = widgets.current_run(store)
 if current is not None:
     show_current_run(current)
 
@@ -116,6 +117,6 @@ if st.button("Start round 1 and scoring", type="primary", key="start_round1"):
         st.error(f"The run was not started: {error}")
     else:
         jobs.start_job(workspace, new_run, app_state.ROUND1_STAGES)
-        app_widgets.select_run_next(new_run)
+        widgets.select_run_next(new_run)
         st.rerun()
 

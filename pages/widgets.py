@@ -1,7 +1,7 @@
 """Streamlit pieces that every page shares: the store, the run selector, the job panel, the dataset cache.
 
-This is the only ``curator`` module that imports Streamlit. The decisions behind these widgets live
-in ``curator.app_state``, so they can be tested without a script run. Jobs run in child
+A module of the page layer, not a page: ``run_app.py`` lists the pages explicitly. The decisions
+behind these widgets live in ``curator.app_state``, so they can be tested without a script run. Jobs run in child
 processes (``curator.jobs``); the app only polls their files and never calls Streamlit from a thread.
 """
 
