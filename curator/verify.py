@@ -67,6 +67,8 @@ def run_verification(workspace: Workspace, store: Store, run_id: str, k: int = 1
     if len(scores) != len(splits.train):
         raise ValueError(f"run {run_id} has {len(scores)} scores for {len(splits.train)} training samples; "
                          f"rescore the run")
+    for message in (ctx.record["diagnostics"].get("influence") or {}).get("convergence_warnings", []):
+        logger.warning("%s (expect weak leave-one-out agreement until round 1 converges)", message)
     if ctx.config.round1_augmentation not in (None, "", "none"):
         logger.warning("round 1 trained with augmentation %r; leave-one-out retraining runs without it",
                        ctx.config.round1_augmentation)
