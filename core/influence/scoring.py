@@ -84,7 +84,7 @@ def _raise_on_non_finite(scores: torch.Tensor, positions: torch.Tensor) -> None:
             f"check those inputs for NaN or extreme values. No scores were kept")
 
 
-def solve_direction(problem: InfluenceProblem, val, solver: str = "cg", damping: float = 0.01,
+def solve_direction(problem: InfluenceProblem, val, solver: str = defaults.SOLVER, damping: float = defaults.DAMPING,
                     progress: Optional[ProgressFn] = None, **solver_options) -> tuple:
     """Return ``(s, diagnostics)`` with ``s = (H + damping*I)^-1 sum_j grad L(v_j)``.
 

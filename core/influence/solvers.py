@@ -140,9 +140,10 @@ class ConjugateGradientSolver(InverseHVPSolver):
     """Conjugate gradient on ``H + damping*I`` with full-training-set curvature products.
 
     One full product per iteration. Stops when ``||r|| / ||v||`` falls below ``tol`` (or below the
-    dtype's machine epsilon, whichever is larger) or after ``max_iter`` products. A step with ``p^T (H + damping*I) p <= 0`` proves the damped matrix
-    indefinite and raises ``IndefiniteHessianError``; one whose Rayleigh quotient is zero within
-    rounding of the largest seen raises ``SingularHessianError`` (typical with damping 0).
+    dtype's machine epsilon, whichever is larger) or after ``max_iter`` products. A step with
+    ``p^T (H + damping*I) p <= 0`` proves the damped matrix indefinite and raises
+    ``IndefiniteHessianError``; one whose Rayleigh quotient is zero within rounding of the largest
+    seen raises ``SingularHessianError`` (typical with damping 0).
     Running out of iterations is reported as ``converged: False`` and logged as a warning with the
     residual reached. Diagnostics include the residual after every iteration and Lanczos estimates
     of the extreme eigenvalues of ``H + damping*I``.
