@@ -177,10 +177,11 @@ def test_paper_loop_equals_one_solve(logreg_problem, digits):
     options = dict(depth=60, batch_size=128, scale=3.0, tol=0.0, seed=5)
 
     looped, info = solve_direction(logreg_problem, val, "paper", damping=0.01, **options)
-    single, _ = solve_direction(logreg_problem, val, "lissa", damping=0.01, **options)
+    single, single_info = solve_direction(logreg_problem, val, "lissa", damping=0.01, **options)
 
     assert info["validation_samples"] == 6
     assert relative_error(looped, single) < 1e-10
+    assert info["relative_residual"] == pytest.approx(single_info["relative_residual"], rel=1e-8)
 
 
 @pytest.fixture(scope="module")

@@ -317,7 +317,8 @@ class LissaSolver(InverseHVPSolver):
                 break
         return h / scale, step
 
-    def _check_solution(self, problem, vector, solution, damping, scale) -> float:
+    def check_solution(self, problem, vector, solution, damping, scale) -> float:
+        """Return ``||v - (H + damping*I) s|| / ||v||`` after one full product; raise or warn as above."""
         product = problem.curvature_product(solution) + damping * solution
         curvature = float(solution @ product)
         residual = float((vector - product).norm() / vector.norm())
@@ -355,7 +356,7 @@ class LissaSolver(InverseHVPSolver):
                        "depth": self.depth, "repeats": self.repeats, "steps": steps_taken,
                        "batch_size": self.batch_size}
         if self.check_residual:
-            diagnostics["relative_residual"] = self._check_solution(problem, vector, solution, damping, scale)
+            diagnostics["relative_residual"] = self.check_solution(problem, vector, solution, damping, scale)
         diagnostics["seconds"] = time.perf_counter() - started
         return solution, diagnostics
 
