@@ -12,17 +12,19 @@ from core.datasets.base import iterate_batches
 def predict(model: nn.Module, data, batch_size: int = 512, device=None) -> tuple:
     """Return ``(losses, predictions)`` as NumPy arrays, one entry per sample in ``data`` order.
 
-    The model is evaluated in eval mode; its train/eval mode is restored afterwards.
+    The model is evaluated in eval mode; every module's train/eval flag is restored afterwards.
     """
     device = device or next(model.parameters()).device
-    was_training = model.training
+    # Restore each module's own flag afterwards: a model may mix modes, e.g. a frozen BatchNorm.
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     losses, predictions = [], []
     for inputs, targets, _ in iterate_batches(data, batch_size):
         logits = model(inputs.to(device))
         losses.append(F.cross_entropy(logits, targets.to(device), reduction="none").float().cpu())
         predictions.append(logits.argmax(1).cpu())
-    model.train(was_training)
+    for module, training in modes:
+        module.training = training
     return torch.cat(losses).numpy(), torch.cat(predictions).numpy()
 
 

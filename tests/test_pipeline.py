@@ -65,8 +65,9 @@ def test_default_rule_respects_caps(finished_run):
     workspace, store, run_id = finished_run
     frame = queries.samples(store, workspace, run_id)
     dropped = frame[frame["decision"] == "drop"]
+    max_share = runs.get_run(store, run_id)["config"]["drop_rule"]["value"]
 
-    assert len(dropped) <= int(0.10 * 1257)
+    assert len(dropped) <= int(max_share * 1257)
     assert (dropped["influence"] > 0).all()
     for label, members in frame.groupby("label"):
         assert (members["decision"] == "drop").sum() <= int(np.floor(len(members) / 3))
