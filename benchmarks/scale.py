@@ -6,15 +6,17 @@ Run from the repository root (about 25 minutes of CPU time for the default sizes
 
 Each size runs in its own subprocess, so that its peak resident memory (``ru_maxrss``) is its
 own. The subprocess goes through the real scoring stage of the pipeline (``run_stages(...,
-("score",))``): for every chunk of ``score_chunk`` samples, two forward-mode passes (one per
-validation-half direction), one prediction pass and one Parquet file. To time scoring alone, the
-round-1 weights are the seeded initial ones and the two directions are fixed random unit vectors,
-which leaves the work per sample unchanged. The images are generated from their position on
-demand, so the dataset itself holds only the labels (8 bytes per sample).
+("score",))``). For every chunk of ``score_chunk`` samples it runs two forward-mode passes (one
+per validation-half direction) and one prediction pass, and writes one Parquet file. At the end
+``prepare_scores`` writes the sorted copy of the scores that the app reads. To time scoring
+alone, the round-1 weights are the seeded initial ones and the two directions are fixed random
+unit vectors, which leaves the work per sample unchanged. The images are generated from their
+position on demand, so the dataset itself holds only the labels (8 bytes per sample).
 
 With ``--time-limit S`` a size stops at the first chunk boundary after S seconds. Its full time is
-then extrapolated from the samples scored, and the output marks it as extrapolated. The report gives the
-least-squares slope of wall time against samples, the fit's R^2 and each size's peak memory.
+then extrapolated from the samples scored, and the output marks it as extrapolated. The report
+gives the least-squares slopes of wall and CPU time against samples with each fit's R^2, and the
+peak memory before scoring, after the last chunk and after the whole stage.
 """
 
 import argparse
@@ -156,20 +158,25 @@ def measure(size: int, args) -> dict:
 
         before = peak_rss_mb()
         started, cpu_started = time.perf_counter(), time.process_time()
+        chunks_peak = [before]
 
-        def stop_after_limit(stage, step, total, message=""):
+        def on_progress(stage, step, total, message=""):
+            # The scoring stage reports after each chunk, so the last report comes before prepare_scores.
+            if stage == "score":
+                chunks_peak[0] = peak_rss_mb()
             if stage == "score" and args.time_limit and time.perf_counter() - started > args.time_limit:
                 raise TimeLimitReached(f"stopped after {step} of {total} samples")
 
         try:
-            run_stages(workspace, store, run_id, ("score",), stop_after_limit)
+            run_stages(workspace, store, run_id, ("score",), on_progress)
         except TimeLimitReached:
             pass
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         scored = int(store.query("SELECT count(*) FROM read_parquet(?)", [workspace.scores_glob(run_id)]).iloc[0, 0])
 
     return {"size": size, "scored": scored, "seconds": seconds, "cpu_seconds": cpu_seconds,
-            "peak_rss_mb": peak_rss_mb(), "rss_before_scoring_mb": before, "parameters": count,
+            "peak_rss_mb": peak_rss_mb(), "chunks_peak_rss_mb": chunks_peak[0],
+            "rss_before_scoring_mb": before, "parameters": count,
             "threads": torch.get_num_threads(), "extrapolated": scored < size}
 
 
@@ -193,14 +200,16 @@ def linear_fit(sizes: np.ndarray, seconds: np.ndarray) -> tuple:
 
 
 def report(results: list) -> None:
-    """Print one row per size, the linear fits of wall and CPU time, and the peak-memory ratio."""
-    print(f"{'samples':>9} {'scored':>9} {'wall s':>9} {'cpu s':>9} {'wall us/sample':>15} {'peak MiB':>9} note")
+    """Print one row per size, the linear fits of wall and CPU time, and the peak-memory ratios."""
+    print(f"{'samples':>9} {'scored':>9} {'wall s':>9} {'cpu s':>9} {'wall us/sample':>15} "
+          f"{'base MiB':>9} {'chunks MiB':>11} {'peak MiB':>9} note")
     for row in results:
         share = row["size"] / max(row["scored"], 1)
         row["full_seconds"], row["full_cpu_seconds"] = row["seconds"] * share, row["cpu_seconds"] * share
         note = f"extrapolated from {row['scored']} samples" if row["extrapolated"] else "measured"
         print(f"{row['size']:>9} {row['scored']:>9} {row['full_seconds']:>9.1f} {row['full_cpu_seconds']:>9.1f} "
-              f"{1e6 * row['seconds'] / max(row['scored'], 1):>15.1f} {row['peak_rss_mb']:>9.0f} {note}")
+              f"{1e6 * row['seconds'] / max(row['scored'], 1):>15.1f} {row['rss_before_scoring_mb']:>9.0f} "
+              f"{row.get('chunks_peak_rss_mb', float('nan')):>11.0f} {row['peak_rss_mb']:>9.0f} {note}")
     if len(results) < 2:
         return
     sizes = np.array([row["size"] for row in results], dtype=float)
@@ -208,10 +217,12 @@ def report(results: list) -> None:
     for name, key in (("wall", "full_seconds"), ("CPU", "full_cpu_seconds")):
         slope, intercept, r_squared = linear_fit(sizes, np.array([row[key] for row in results]))
         print(f"{name} time = {slope * 1e6:.1f} us x samples + {intercept:.1f} s, R^2 = {r_squared:.4f}{caveat}")
-    peaks = [row["peak_rss_mb"] for row in results]
-    print(f"peak RSS {peaks[0]:.0f} MiB at {results[0]['size']} samples, {peaks[-1]:.0f} MiB at "
-          f"{results[-1]['size']} samples: ratio {peaks[-1] / peaks[0]:.2f} for "
-          f"{results[-1]['size'] / results[0]['size']:.0f}x the samples")
+    first, last = results[0], results[-1]
+    growth = last["size"] / first["size"]
+    for name, key in (("while scoring chunks", "chunks_peak_rss_mb"), ("whole stage", "peak_rss_mb")):
+        if key in first and key in last:
+            print(f"peak RSS {name}: {first[key]:.0f} MiB at {first['size']} samples, {last[key]:.0f} MiB at "
+                  f"{last['size']} samples, ratio {last[key] / first[key]:.2f} for {growth:.0f}x the samples")
 
 
 def main() -> None:

@@ -4,10 +4,11 @@ Run from the repository root::
 
     PYTHONPATH=. .venv/bin/python benchmarks/store_queries.py [--rows 1280000] [--repeats 5]
 
-It writes the scores as the scoring stage does (one Parquet file per chunk of 4,096 samples, so
-313 files for 1.28 million rows, then ``prepare_scores``) in a temporary workspace, and stores decision events like a
-reviewed run: the validated rule's drops (10% of samples), a second rule that changes 2% of them,
-500 person overrides and 100 cleared overrides, plus a second run's events in the same table.
+It writes the scores in a temporary workspace as the scoring stage does: one Parquet file per
+chunk of 4,096 samples (313 files for 1.28 million rows), then ``prepare_scores``. It stores the
+decision events of a reviewed run: the validated rule's drops (10% of samples), a second rule
+that changes 2% of them, 500 person overrides and 100 cleared overrides. A second run's events
+share the table.
 Each query of ``curator.queries`` that the review page calls is then timed: the first call, and
 the median of ``--repeats`` further calls. The target is under 0.5 s each.
 
@@ -102,7 +103,7 @@ def load_baseline(revision: str, folder: str):
 def time_call(function, repeats: int) -> tuple:
     """Return ``(first call's seconds, median seconds and median CPU seconds of the next repeats)``.
 
-    CPU seconds are this process's, DuckDB's worker threads included; on a shared machine they
+    CPU seconds are this process's, DuckDB's worker threads included. On a shared machine they
     show the work done, while wall seconds also count the time spent waiting for a core.
     """
     started = time.perf_counter()

@@ -13,6 +13,7 @@ of every row. ``benchmarks/store_queries.py`` times the queries on 1.28 million 
 """
 
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -75,6 +76,9 @@ joined AS (
 _FLIPPED = "true_label IS NOT NULL AND true_label <> label"
 
 _BUILD_LOCK = threading.Lock()
+#: DuckDB's memory limit while sorting; it spills the rest to disk. Measured on 1.28 million rows:
+#: no limit took 1.8 s and 740 MB above the baseline, 256 MB took 4.1 s and 310 MB.
+PREPARE_MEMORY_LIMIT = "256MB"
 
 
 def prepare_scores(workspace: Workspace, run_id: str) -> Path:
@@ -82,9 +86,9 @@ def prepare_scores(workspace: Workspace, run_id: str) -> Path:
 
     The file contains every score column plus the 1-based gallery positions of ``_POSITIONS``,
     sorted by ``position_desc``. It is stale when ``scores.done`` is newer, that is when the run
-    was scored again. Writing it reads every chunk once (about a second per million rows) in an
-    in-memory DuckDB, so the store stays unlocked; it goes to a temporary file first and is then
-    renamed, so readers never see a partial file.
+    was scored again. Writing it reads every chunk once in an in-memory DuckDB, so the store stays
+    unlocked, and sorts with at most ``PREPARE_MEMORY_LIMIT`` in memory (about 3 s per million rows).
+    It goes to a temporary file first and is then renamed, so readers never see a partial file.
     """
     done = workspace.run_dir(run_id) / "scores.done"
     if not done.exists():
@@ -94,7 +98,9 @@ def prepare_scores(workspace: Workspace, run_id: str) -> Path:
         if path.exists() and path.stat().st_mtime_ns >= done.stat().st_mtime_ns:
             return path
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with duckdb.connect() as connection:
+        spill = path.with_name(f"duckdb-spill-{os.getpid()}")
+        settings = {"memory_limit": PREPARE_MEMORY_LIMIT, "temp_directory": str(spill)}
+        with duckdb.connect(config=settings) as connection:
             connection.execute(f"""
                 COPY (SELECT *,
                         row_number() OVER (ORDER BY influence DESC, "index") AS position_desc,
@@ -103,6 +109,7 @@ def prepare_scores(workspace: Workspace, run_id: str) -> Path:
                         row_number() OVER (PARTITION BY label ORDER BY influence ASC, "index") AS class_position_asc
                       FROM read_parquet(?) ORDER BY position_desc)
                 TO '{_sql_string(tmp)}' (FORMAT parquet, ROW_GROUP_SIZE 16384)""", [workspace.scores_glob(run_id)])
+        shutil.rmtree(spill, ignore_errors=True)
         os.replace(tmp, path)
     return path
 
