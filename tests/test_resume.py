@@ -22,7 +22,7 @@ from curator.workspace import Workspace
 
 #: Small score chunks give 40 chunk files, so scoring lasts long enough to be killed part-way.
 #: Influence over the last layer and 4 CG steps keep the solve short; convergence is not tested here.
-CONFIG = dict(epochs=5, score_chunk=32, params="classifier.3", solver_options={"max_iter": 4, "tol": 1e-30},
+CONFIG = dict(epochs=4, score_chunk=32, params="classifier.3", solver_options={"max_iter": 4, "tol": 1e-30},
               device="cpu")
 STAGES = ["round1", "score", "rule"]
 
@@ -100,16 +100,16 @@ def test_killed_job_resumes_to_same_results(workspace_and_store, uninterrupted, 
     assert (state["status"], state["stage"], state["alive"]) == ("interrupted", "round1", False)
     assert 1 <= epochs_done < CONFIG["epochs"]
 
-    # Continue as the app does, and kill again once some score chunks are written.
+    # Continue as the app does, and kill again once the first score chunk is written.
     pid = started_jobs.start(workspace, run_id, STAGES)
-    wait_for(lambda: len(list(scores.glob("chunk-*.parquet"))) >= 3 or (folder / "scores.done").exists(),
-             "three score chunks")
+    wait_for(lambda: any(scores.glob("chunk-*.parquet")) or (folder / "scores.done").exists(),
+             "a score chunk", interval=0.005)
     started_jobs.kill(pid)
     assert not (folder / "scores.done").exists(), "scoring finished before it could be killed"
     state = jobs.job_state(store, workspace, run_id)
     assert (state["status"], state["stage"]) == ("interrupted", "score")
     written = {path.name: path.stat().st_mtime_ns for path in scores.glob("chunk-*.parquet")}
-    assert 3 <= len(written) < 40
+    assert 1 <= len(written) < 40
 
     assert main(["resume", "--workspace", str(workspace.root), "--run", run_id]) == 0
     weights, expected = uninterrupted
