@@ -32,7 +32,9 @@ ROUND2_STAGES = ["round2"]
 
 def run_label(run: dict) -> str:
     """Return the run selector's short text for one row of ``runs.list_runs``: time, data, model, status."""
-    return f"{run['created_at']:%m-%d %H:%M} · {run['dataset']}/{run['model']} · {run['status']}"
+    # Seconds and the id's random suffix tell apart runs started in the same minute.
+    return (f"{run['created_at']:%m-%d %H:%M:%S} · {run['dataset']}/{run['model']} · {run['status']}"
+            f" · {run['run_id'][-4:]}")
 
 
 def choose_run(run_ids: list, requested: Optional[str]) -> Optional[str]:

@@ -102,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-round2", action="store_true", help="stop after scoring and the drop rule")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    resume = commands.add_parser("resume", help="continue an interrupted run from its last finished step")
+    resume = commands.add_parser(
+        "resume", help="continue an interrupted run from its last finished step",
+        description="Continue a run from its last finished epoch or scoring chunk, through the stages the "
+                    "interrupted command asked for.")
     _add_workspace(resume)
     resume.add_argument("--run", "--run-id", dest="run", required=True,
                         help="run id (spell it --run-id under torchrun, whose own --run-path makes --run ambiguous)")
@@ -115,13 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run id (default: the latest run; spell it --run-id under torchrun)")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    job = commands.add_parser("job", help="run stages of an existing run (used by the app)")
+    job = commands.add_parser("job", help="run stages of an existing run (used by the app)",
+                              description="Run the named stages of an existing run; the app starts its jobs this way.")
     _add_workspace(job)
     job.add_argument("--run", "--run-id", dest="run", required=True, help="run id (--run-id under torchrun)")
     job.add_argument("--stages", required=True, help="comma-separated stages: round1,score,rule,approve,round2")
     job.add_argument("--approval", type=int, default=None, help="approval id for round2 (default: the latest)")
 
-    export = commands.add_parser("export", help="write the curated index of an approved drop set")
+    export = commands.add_parser(
+        "export", help="write the curated index of an approved drop set",
+        description="Write one row per training sample (index, sample_id, label, influence, decision, and "
+                    "true_label with label noise) of an approved drop set as CSV, JSON or Parquet.")
     _add_workspace(export)
     export.add_argument("--run", default=None, help="run id (default: the latest run)")
     export.add_argument("--approval", type=int, default=None, help="approval id (default: the latest)")
@@ -129,11 +136,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help="file format (default: from the output file's suffix)")
     export.add_argument("--output", required=True, help="file to write")
 
-    results = commands.add_parser("results", help="print a run's settings, diagnostics and metrics")
+    results = commands.add_parser("results", help="print a run's settings, diagnostics and metrics",
+                                  description="Print a run's settings, solver diagnostics, timings, test and "
+                                              "validation metrics of both rounds, and its drop set.")
     _add_workspace(results)
     results.add_argument("--run", default=None, help="run id (default: the latest run)")
     results.add_argument("--format", choices=["json", "text"], default="text", help="output format")
     results.add_argument("--list", action="store_true", help="list all runs instead")
+
+    experiment = commands.add_parser(
+        "experiment", help="compare round 2 with round 1 and with controls over several seeds",
+        description="For each seed: round 1, scoring and the drop rule, then retrain from the same initial "
+                    "weights on all samples, without the drop set, without the paper rule's drop set, without a "
+                    "random set and without the highest-loss set. Reports test error per arm with paired "
+                    "95% intervals, and with --label-noise how well each ranking finds the flipped labels.")
+    _add_workspace(experiment)
+    _add_run_options(experiment)
+    experiment.add_argument("--seeds", type=int, default=5,
+                            help="number of seeds, counted up from --seed (default: 5)")
+    experiment.add_argument("--resume", default=None, metavar="EXPERIMENT",
+                            help="continue a stored experiment by id instead of starting one")
+    experiment.add_argument("--show", default=None, metavar="EXPERIMENT",
+                            help="print a stored experiment's summary without running anything")
+    experiment.add_argument("--list", action="store_true", help="list stored experiments")
+    experiment.add_argument("--format", choices=["json", "text"], default="text", help="summary format")
+    experiment.add_argument("--quiet", action="store_true", help="no progress bar")
 
     verify = commands.add_parser(
         "verify", help="check a run's influence scores by leave-one-out retraining",
@@ -152,25 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="learning rate of retraining (default: round 1's, divided by 10 for warm)")
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    experiment = commands.add_parser(
-        "experiment", help="compare round 2 with round 1 and with controls over several seeds",
-        description="For each seed: round 1, scoring and the drop rule, then retrain from the same initial "
-                    "weights on all samples, without the drop set, without the paper rule's drop set, without a "
-                    "random set and without the highest-loss set. Reports test error per arm with paired "
-                    "95%% intervals, and with --label-noise how well each ranking finds the flipped labels.")
-    _add_workspace(experiment)
-    _add_run_options(experiment)
-    experiment.add_argument("--seeds", type=int, default=5,
-                            help="number of seeds, counted up from --seed (default: 5)")
-    experiment.add_argument("--resume", default=None, metavar="EXPERIMENT",
-                            help="continue a stored experiment by id instead of starting one")
-    experiment.add_argument("--show", default=None, metavar="EXPERIMENT",
-                            help="print a stored experiment's summary without running anything")
-    experiment.add_argument("--list", action="store_true", help="list stored experiments")
-    experiment.add_argument("--format", choices=["json", "text"], default="text", help="summary format")
-    experiment.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    app = commands.add_parser("app", help="start the Streamlit app")
+    app = commands.add_parser("app", help="start the Streamlit app",
+                              description="Start the Streamlit app on 127.0.0.1 for this workspace.")
     _add_workspace(app)
     app.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (default: 8501)")
     return parser
@@ -189,12 +199,15 @@ def _is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _open(args):
-    """Return the workspace and its store; under torchrun the other ranks get ``None`` for the store."""
+def _open(args, create: bool = True):
+    """Return the workspace and its store; under torchrun the other ranks get ``None`` for the store.
+
+    Read-only commands pass ``create=False`` so that a mistyped path is reported, not created.
+    """
     from curator.store import Store
     from curator.workspace import Workspace
 
-    workspace = Workspace(args.workspace)
+    workspace = Workspace(args.workspace, create=create)
     return workspace, Store(workspace) if _is_main_rank() else None
 
 
@@ -361,6 +374,7 @@ def _command_run(args) -> int:
     if _is_main_rank():
         print(f"run {run_id} in {workspace.root}", file=sys.stderr)
     stages = ["round1", "score", "rule"] + ([] if args.no_round2 else ["approve", "round2"])
+    distributed.main_only(_record_requested_stages, workspace, store, run_id, stages)
     _run_job(workspace, store, run_id, stages, quiet=args.quiet)
     if _is_main_rank():
         _print_summary(run_results(store, workspace, run_id))
@@ -372,15 +386,33 @@ def _stages_to_resume(store, run_id) -> list:
     from curator import decisions, runs
 
     run = runs.get_run(store, run_id)
-    stages = ["round1", "score", "rule"]
     try:
         decisions.get_approval(store, run_id)
-        stages.append("round2")
+        approved = True
     except LookupError:
-        pass
+        approved = False
+
+    requested_file = Path(run["diagnostics"].get("requested_stages_file") or "")
+    if requested_file.name and requested_file.exists():
+        # Finish what the interrupted command asked for; an approval it already made is reused.
+        stages = json.loads(requested_file.read_text())
+        return [stage for stage in stages if not (stage == "approve" and approved)]
+
+    stages = ["round1", "score", "rule"]
+    if approved:
+        stages.append("round2")
     if run["stage"] == "round2" and "round2" not in stages:
         stages += ["approve", "round2"]
     return stages
+
+
+def _record_requested_stages(workspace, store, run_id, stages) -> None:
+    """Store the stages a command asked for, so that `curator resume` finishes the same ones."""
+    from curator import runs
+
+    path = workspace.run_dir(run_id) / "requested_stages.json"
+    path.write_text(json.dumps(list(stages)))
+    runs.update_run(store, run_id, diagnostics={"requested_stages_file": str(path)})
 
 
 def _command_resume(args) -> int:
@@ -429,19 +461,21 @@ def _resolve_run(store, run_id):
 def _command_export(args) -> int:
     from curator.export import export
 
-    workspace, store = _open(args)
+    workspace, store = _open(args, create=False)
     path = export(store, _resolve_run(store, args.run), args.output, args.format, args.approval)
     print(path)
     return 0
 
 
 def _command_results(args) -> int:
-    from curator import runs
+    from curator import jobs, runs
     from curator.results import run_results
 
-    workspace, store = _open(args)
+    workspace, store = _open(args, create=False)
     if args.list:
         frame = runs.list_runs(store)
+        frame["status"] = [jobs.job_state(store, workspace, run_id)["status"] if status == "running" else status
+                           for run_id, status in zip(frame["run_id"], frame["status"])]
         print(frame.to_json(orient="records", date_format="iso") if args.format == "json" else frame.to_string())
         return 0
     results = run_results(store, workspace, _resolve_run(store, args.run))
@@ -449,26 +483,6 @@ def _command_results(args) -> int:
         print(json.dumps(results, indent=1, default=str))
     else:
         _print_summary(results)
-    return 0
-
-
-def _command_verify(args) -> int:
-    from curator.verify import run_verification
-
-    workspace, store = _open(args)
-    run_id = _resolve_run(store, args.run)
-    bar = _ProgressBar(not args.quiet)
-    try:
-        result = run_verification(workspace, store, run_id, k=args.k, mode=args.mode, epochs=args.epochs,
-                                  lr=args.lr, progress=bar)
-    finally:
-        bar.close()
-    print(f"run {run_id}: {args.mode} leave-one-out check of {len(result['points'])} samples "
-          f"(verification {result['verification_id']})")
-    print(f"  Pearson {result['pearson']:.3f}, Spearman {result['spearman']:.3f} between predicted and actual "
-          f"change in total validation loss")
-    print(f"  change from another batch order alone (cancelled by pairing): {result['noise_floor']:.3g}; "
-          f"{result['seconds']:.0f} s")
     return 0
 
 
@@ -501,6 +515,26 @@ def _command_experiment(args) -> int:
         print(json.dumps(summary, indent=1, default=str))
     else:
         print(experiment_summary.summary_text(summary))
+    return 0
+
+
+def _command_verify(args) -> int:
+    from curator.verify import run_verification
+
+    workspace, store = _open(args)
+    run_id = _resolve_run(store, args.run)
+    bar = _ProgressBar(not args.quiet)
+    try:
+        result = run_verification(workspace, store, run_id, k=args.k, mode=args.mode, epochs=args.epochs,
+                                  lr=args.lr, progress=bar)
+    finally:
+        bar.close()
+    print(f"run {run_id}: {args.mode} leave-one-out check of {len(result['points'])} samples "
+          f"(verification {result['verification_id']})")
+    print(f"  Pearson {result['pearson']:.3f}, Spearman {result['spearman']:.3f} between predicted and actual "
+          f"change in total validation loss")
+    print(f"  change from another batch order alone (cancelled by pairing): {result['noise_floor']:.3g}; "
+          f"{result['seconds']:.0f} s")
     return 0
 
 

@@ -69,6 +69,12 @@ class RunConfig:
             raise ValueError(f"label noise {self.label_noise} must be in [0, 1)")
         if self.damping < 0:
             raise ValueError(f"damping {self.damping} must be >= 0")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.influence_dtype not in ("float32", "float64"):
             raise ValueError(f"influence_dtype must be float32 or float64, got {self.influence_dtype!r}")
         DropRule.from_dict(self.drop_rule)

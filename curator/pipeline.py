@@ -28,7 +28,7 @@ from core.device import resolve_device
 from core.drop_rules import DropRule
 from core.evaluation import evaluate, predict
 from core.influence import InfluenceProblem, cross_entropy_losses, score_samples, solve_direction
-from core.influence import training_gradient_norm
+from core.influence import select_parameters, training_gradient_norm
 from core.models import build_model
 from core.progress import ProgressFn, report
 from core.training import train
@@ -63,6 +63,7 @@ def create_run(workspace: Workspace, store: Store, config: RunConfig, run_id: Op
 
         return create_denoise_run(workspace, store, config, run_id)
     splits = load_splits(config)
+    _check_model_settings(config, splits)
     run_id = run_id or new_run_id()
     workspace.run_dir(run_id)
     runs.insert_run(store, run_id, config, splits.fingerprint)
@@ -70,6 +71,15 @@ def create_run(workspace: Workspace, store: Store, config: RunConfig, run_id: Op
         "train": len(splits.train), "validation": len(splits.val), "test": len(splits.test),
         "num_classes": splits.num_classes, "class_names": splits.class_names, **splits.info}})
     return run_id
+
+
+def _check_model_settings(config: RunConfig, splits: DatasetSplits) -> None:
+    """Build the model once and check the device and parameter selection, before anything is stored."""
+    resolve_device(config.device)
+    image_size = splits.info.get("image_size", list(splits.train[0][0].shape[-2:]))
+    model = build_model(config.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                        image_size=tuple(image_size), seed=config.seed, **config.round_model_options(1))
+    select_parameters(model, config.params)
 
 
 class RunContext:

@@ -152,6 +152,10 @@ class StoreBusyError(RuntimeError):
     """The database file stayed locked by another process for longer than the timeout."""
 
 
+class StoreDamagedError(RuntimeError):
+    """The database file exists but DuckDB cannot open it."""
+
+
 class Store:
     """Brief, retried connections to the workspace's DuckDB file."""
 
@@ -172,9 +176,12 @@ class Store:
             try:
                 connection = duckdb.connect(str(self.path))
                 break
-            except duckdb.IOException as error:
-                if "lock" not in str(error).lower():
-                    raise
+            except duckdb.Error as error:
+                if not isinstance(error, duckdb.IOException) or "lock" not in str(error).lower():
+                    raise StoreDamagedError(
+                        f"the workspace database {self.path} could not be opened ({error}). It may be "
+                        f"damaged or not a DuckDB file: move it aside (the run folders beside it stay "
+                        f"intact) or restore it from a backup, then try again") from error
                 attempts += 1
                 if time.monotonic() > deadline:
                     raise StoreBusyError(

@@ -13,11 +13,21 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Workspace:
-    """Paths inside a workspace folder. Every path a run writes to is resolved inside ``root``."""
+    """Paths inside a workspace folder. Every path a run writes to is resolved inside ``root``.
 
-    def __init__(self, root=None):
+    With ``create=False`` (read-only commands) a folder without a database raises instead of
+    being created, so a mistyped path does not leave an empty workspace behind.
+    """
+
+    def __init__(self, root=None, create: bool = True):
         root = root or os.environ.get("CURATOR_WORKSPACE") or DEFAULT_WORKSPACE
         self.root = Path(root).expanduser().resolve()
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"workspace {self.root} is a file, not a folder; choose a folder with --workspace "
+                             f"or $CURATOR_WORKSPACE")
+        if not create and not (self.root / DATABASE_NAME).exists():
+            raise FileNotFoundError(f"workspace {self.root} has no {DATABASE_NAME}; check the --workspace path, "
+                                    f"or start a run there with `curator run`")
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "runs").mkdir(exist_ok=True)
 

@@ -48,6 +48,15 @@ def show_summary() -> None:
     st.caption(app_review.estimate_text(summary["predicted_change"]))
     for warning in summary["warnings"]:
         st.warning(f"This drop set {warning}.", icon=":material/warning:")
+    if rule is not None and rule.name == "validated" and summary["dropped"] == 0:
+        st.info("The validated rule drops nothing for this run: ranking by one validation half did not lower "
+                "the other half's estimated loss by more than random orderings do, within the rule's cap. "
+                "On clean data that usually means no sample clearly hurts. Choose top-k or a threshold to "
+                "drop samples anyway.", icon=":material/info:")
+    skipped = run["diagnostics"].get("dataset", {}).get("skipped") or []
+    if skipped:
+        with st.expander(f"{len(skipped)} file(s) of the dataset could not be read and were left out"):
+            st.dataframe(skipped, hide_index=True)
 
 
 def show_rule_controls() -> None:

@@ -13,7 +13,7 @@ import streamlit as st
 
 from curator import app_state, decisions, jobs, runs
 from curator.pipeline import RunContext
-from curator.store import Store
+from curator.store import Store, StoreBusyError, StoreDamagedError
 from curator.workspace import DEFAULT_WORKSPACE, Workspace
 
 #: Session-state key of the sidebar run selector, shared by every page.
@@ -36,7 +36,11 @@ def _open_store(root: str) -> Store:
 
 def open_workspace() -> tuple:
     """Return ``(workspace, store)``. A store keeps no connection open, so all sessions share one per folder."""
-    store = _open_store(workspace_root())
+    try:
+        store = _open_store(workspace_root())
+    except (ValueError, StoreDamagedError, StoreBusyError) as error:
+        st.error(f"The workspace cannot be opened: {error}")
+        st.stop()
     return store.workspace, store
 
 

@@ -3,6 +3,8 @@
 import pytest
 
 from curator.cli import build_parser, main
+from curator.store import Store
+from curator.workspace import Workspace
 
 COMMANDS = ["run", "resume", "job", "export", "results", "app"]
 
@@ -36,10 +38,43 @@ def test_unknown_solver_option_named(tmp_path, capsys):
 
 
 def test_results_empty_workspace(tmp_path, capsys):
+    Store(Workspace(tmp_path))
     with pytest.raises(SystemExit) as exit_info:
         main(["results", "--workspace", str(tmp_path)])
 
     assert "no runs in this workspace yet" in str(exit_info.value)
+
+
+def test_results_missing_workspace_not_created(tmp_path, capsys):
+    missing = tmp_path / "typo"
+    code = main(["results", "--workspace", str(missing)])
+
+    assert code == 2
+    assert "has no curator.duckdb" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def test_damaged_database_named(tmp_path, capsys):
+    (tmp_path / "curator.duckdb").write_bytes(b"not a database" * 1000)
+    code = main(["results", "--workspace", str(tmp_path)])
+
+    assert code == 2
+    assert "could not be opened" in capsys.readouterr().err
+    assert (tmp_path / "curator.duckdb").read_bytes() == b"not a database" * 1000
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--batch-size", "0"], "batch size must be at least 1"),
+    (["--lr", "-1"], "learning rate must be > 0"),
+    (["--model", "nope"], "unknown model 'nope'"),
+    (["--params", "nonsense"], "matches no parameter"),
+])
+def test_bad_settings_store_no_run(tmp_path, capsys, option, message):
+    code = main(["run", "--workspace", str(tmp_path), "--quiet", *option])
+
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert Store(Workspace(tmp_path)).query("SELECT count(*) FROM runs").iloc[0, 0] == 0
 
 
 def test_export_unknown_format(tmp_path, capsys):

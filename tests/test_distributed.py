@@ -7,6 +7,7 @@ process; the pipeline is checked through real ``torchrun`` subprocesses of ``cur
 import os
 import socket
 import subprocess
+import types
 import sys
 from pathlib import Path
 
@@ -92,7 +93,14 @@ def collective_worker(rank: int, world: int, port: int, folder: str) -> None:
 @pytest.fixture(scope="module")
 def collective_results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ranks")
-    mp.start_processes(collective_worker, args=(2, free_port(), str(folder)), nprocs=2, start_method="spawn")
+    # Spawned workers re-run the parent's __main__ file. After an AppTest in the same pytest process
+    # that file can be a page script, so the workers get an empty __main__ instead.
+    saved_main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        mp.start_processes(collective_worker, args=(2, free_port(), str(folder)), nprocs=2, start_method="spawn")
+    finally:
+        sys.modules["__main__"] = saved_main
     return [torch.load(folder / f"rank-{rank}.pt", weights_only=False) for rank in range(2)]
 
 

@@ -148,3 +148,20 @@ def test_new_rule_keeps_person_overrides(finished_run):
     assert (frame["rule_decision"] == "drop").sum() == 5
     expected = set(frame.nlargest(5, "influence")["index"])
     assert set(frame.loc[frame["rule_decision"] == "drop", "index"]) == expected
+
+
+def test_resume_finishes_requested_stages(tmp_path):
+    from curator.cli import _record_requested_stages
+    from curator.config import RunConfig
+    from curator.pipeline import create_run, run_stages
+
+    workspace = Workspace(tmp_path)
+    store = Store(workspace)
+    run_id = create_run(workspace, store, RunConfig(model="logreg", epochs=2))
+    _record_requested_stages(workspace, store, run_id, ["round1", "score", "rule", "approve", "round2"])
+    run_stages(workspace, store, run_id, ["round1"])
+
+    assert main(["resume", "--workspace", str(tmp_path), "--run", run_id]) == 0
+    metrics = queries.metrics(store, run_id)
+    assert runs.get_run(store, run_id)["status"] == "done"
+    assert sorted(metrics.loc[metrics["split"] == "test", "round"]) == [1, 2]
