@@ -35,7 +35,6 @@ class TrainConfig:
     the forward pass under bfloat16 autocast on CUDA devices that support it (never on the CPU).
     """
 
-
     epochs: int = 30
     batch_size: int = 64
     optimizer: str = "adam"
