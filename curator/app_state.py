@@ -107,8 +107,21 @@ def make_rule(name: str, value: Optional[float], class_cap: float, current: Opti
 
 def build_run_config(dataset: str, model: str, solver: str, curvature: str, damping: float, params: str,
                      epochs: int, seed: int, label_noise: float, rule: DropRule,
-                     data_dir: Optional[str] = None) -> RunConfig:
-    """Return the run's settings from the Setup form; ``RunConfig`` raises on an invalid value."""
+                     data_dir: Optional[str] = None, task: str = "classification", preset: Optional[str] = None,
+                     max_train_samples: Optional[int] = None) -> RunConfig:
+    """Return the run's settings from the Setup form; ``RunConfig`` raises on an invalid value.
+
+    A ``preset`` brings its own dataset and recipe (model, epochs, optimiser, solver settings); the form
+    then adds only the data folder, seed, label noise, drop rule and training-set cap. The denoising
+    ``task`` starts from its default preset, with the form's seed and data folder.
+    """
+    folder = (data_dir or "").strip() or None
+    if task == "denoise":
+        return RunConfig.for_task("denoise", seed=int(seed), **({"data_dir": folder} if folder else {}))
+    if preset:
+        cap = {"max_train_samples": max_train_samples} if max_train_samples else {}
+        return RunConfig.from_preset(preset, data_dir=folder, seed=int(seed), label_noise=float(label_noise),
+                                     drop_rule=rule.to_dict(), **cap)
     if dataset not in LOADERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(LOADERS)}")
     if (data_dir or "").strip() and not accepts_data_dir(dataset):
@@ -119,9 +132,10 @@ def build_run_config(dataset: str, model: str, solver: str, curvature: str, damp
     if curvature not in CURVATURES:
         raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
     params = (params or "").strip() or "all"
-    return RunConfig(dataset=dataset, data_dir=(data_dir or "").strip() or None, model=model, seed=int(seed),
+    return RunConfig(dataset=dataset, data_dir=folder, model=model, seed=int(seed),
                      epochs=int(epochs), label_noise=float(label_noise), solver=solver, curvature=curvature,
-                     damping=float(damping), params=params, drop_rule=rule.to_dict())
+                     damping=float(damping), params=params, drop_rule=rule.to_dict(),
+                     max_train_samples=max_train_samples)
 
 
 def accepts_data_dir(dataset: str) -> bool:

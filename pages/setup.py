@@ -6,7 +6,9 @@ from core.datasets import LOADERS
 from core.drop_rules import RULES
 from core.influence import defaults
 from core.models import BUILDERS
+from core.presets import PRESETS
 from curator import app_state, jobs, runs
+from curator.config import TASKS
 from curator.pipeline import create_run
 from pages import widgets
 
@@ -102,15 +104,27 @@ with rule_column:
                           help="The largest share of any one class the rule may drop.")
     st.caption("You can change the rule on Review before approving anything.")
 
-with st.expander("Data on disk"):
+with st.expander("Data on disk, recipes and denoising"):
     data_dir = st.text_input("Data folder", value="", key="setup_data_dir", persist_state=SESSION,
                              help="Folder of the dataset's files, for datasets that are not embedded.")
+    task = st.selectbox("Task", TASKS, key="setup_task", persist_state=SESSION,
+                        help="denoise trains DnCNN on noisy patches of scikit-image's embedded images (or the "
+                             "Data folder's train/, val/ and test/ images) and ignores the settings above.")
+    preset = st.selectbox("Recipe preset", ["(none)"] + sorted(PRESETS), key="setup_preset", persist_state=SESSION,
+                          help="A paper recipe (dataset, model, epochs, optimiser, schedule, solver settings). It "
+                               "replaces the dataset, model, training and influence settings above; "
+                               "'-cpu' presets are CPU-sized.")
+    max_train = st.number_input("Max training samples (0 = all)", min_value=0, value=0, step=100,
+                                key="setup_max_train", persist_state=SESSION,
+                                help="A stratified, seeded subset of the training split for a quick trial.")
 
 if st.button("Start round 1 and scoring", type="primary", key="start_round1"):
     try:
         rule = app_state.make_rule(rule_name, rule_value, class_cap / 100)
         config = app_state.build_run_config(dataset, model, solver, curvature, damping, params, epochs, seed,
-                                            noise_percent / 100, rule, data_dir)
+                                            noise_percent / 100, rule, data_dir, task=task,
+                                            preset=None if preset == "(none)" else preset,
+                                            max_train_samples=int(max_train) or None)
         with st.spinner("Loading the dataset…"):
             new_run = create_run(workspace, store, config)
     except (ValueError, LookupError, OSError, RuntimeError) as error:

@@ -287,3 +287,20 @@ def test_residual_curves_from_solves():
     assert [trace.name for trace in figure.data] == ["Half A", "Half B"]
     assert figure.layout.yaxis.type == "log"
     assert figure.layout.shapes[0].y0 == 1e-4
+
+
+def test_run_config_from_preset_and_task():
+    from core.drop_rules import DropRule
+    from core.presets import PRESETS
+    from curator.app_state import build_run_config
+
+    rule = DropRule("top_k", 5, 1.0)
+    preset = build_run_config("digits", "small_cnn", "cg", "gauss_newton", 0.1, "all", 3, 4, 0.1, rule,
+                              "/data/cifar", preset="resnet110-cifar10-cpu", max_train_samples=100)
+    denoise = build_run_config("digits", "small_cnn", "cg", "gauss_newton", 0.1, "all", 3, 4, 0.0, rule,
+                               task="denoise")
+
+    assert preset.model == PRESETS["resnet110-cifar10-cpu"]["model"]
+    assert (preset.data_dir, preset.seed, preset.max_train_samples) == ("/data/cifar", 4, 100)
+    assert preset.drop_rule == rule.to_dict()
+    assert (denoise.task, denoise.model, denoise.seed) == ("denoise", "dncnn", 4)
