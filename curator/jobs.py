@@ -18,21 +18,41 @@ from curator.store import Store
 from curator.workspace import Workspace
 
 
-def start_job(workspace: Workspace, run_id: str, stages: list, approval_id: Optional[int] = None) -> int:
-    """Start the stages of ``run_id`` in a child process and return its pid."""
+def _spawn(workspace: Workspace, run_id: str, arguments: list, name: str) -> int:
+    """Run ``python -m curator ARGUMENTS`` detached, logging to ``NAME.log`` and recording ``NAME.pid``."""
     folder = workspace.run_dir(run_id)
-    command = [sys.executable, "-m", "curator", "job", "--workspace", str(workspace.root), "--run", run_id,
-               "--stages", ",".join(stages)]
-    if approval_id is not None:
-        command += ["--approval", str(approval_id)]
+    command = [sys.executable, "-m", "curator", *arguments]
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    with open(folder / "job.log", "ab") as log:
+    with open(folder / f"{name}.log", "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, env=env, cwd=root)
-    (folder / "job.pid").write_text(str(process.pid))
+    (folder / f"{name}.pid").write_text(str(process.pid))
     return process.pid
+
+
+def start_job(workspace: Workspace, run_id: str, stages: list, approval_id: Optional[int] = None) -> int:
+    """Start the stages of ``run_id`` in a child process and return its pid."""
+    arguments = ["job", "--workspace", str(workspace.root), "--run", run_id, "--stages", ",".join(stages)]
+    if approval_id is not None:
+        arguments += ["--approval", str(approval_id)]
+    return _spawn(workspace, run_id, arguments, "job")
+
+
+def start_verification(workspace: Workspace, run_id: str, k: int, mode: str) -> int:
+    """Start ``curator verify`` (leave-one-out retraining of 3K+2 models) for ``run_id`` in a child process."""
+    arguments = ["verify", "--workspace", str(workspace.root), "--run", run_id, "--k", str(int(k)), "--mode", mode]
+    return _spawn(workspace, run_id, arguments, "verify")
+
+
+def verification_running(workspace: Workspace, run_id: str) -> bool:
+    """Return True while a verification started by ``start_verification`` is still running."""
+    pid_file = workspace.run_dir(run_id) / "verify.pid"
+    try:
+        return runs.process_alive(int(pid_file.read_text().strip()))
+    except (OSError, ValueError):
+        return False
 
 
 def job_state(store: Store, workspace: Workspace, run_id: str) -> dict:

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.drop_rules import RULES
-from curator import app_charts, app_review, app_state, decisions, gallery, queries, runs
+from curator import app_charts, app_review, app_state, decisions, gallery, jobs, queries, runs, verify
 from curator.pipeline import DatasetChangedError
 from pages import widgets
 
@@ -219,6 +219,29 @@ def show_diagnostics() -> None:
         curve_column.plotly_chart(app_charts.residual_figure(curves, tolerance), key="review_residuals")
 
 
+def show_verification() -> None:
+    with st.expander("Check the scores by leave-one-out retraining"):
+        st.caption("Retrains without each of the K most unfavorable, K most favorable and K random samples and "
+                   "compares the actual change in total validation loss with the predicted one (-influence / n). "
+                   "It costs 3K+2 retrainings and runs in the background; other pages stay usable.")
+        k_column, mode_column, button_column = st.columns([1, 1, 1])
+        k = k_column.number_input("K per group", min_value=2, max_value=100, value=10, key=f"verify_k_{run_id}")
+        mode = mode_column.selectbox("Retraining", ["warm", "scratch"], key=f"verify_mode_{run_id}",
+                                     help="warm: a few epochs from the round-1 weights; scratch: round 1's "
+                                          "whole schedule from its initial weights.")
+        running = jobs.verification_running(workspace, run_id)
+        if button_column.button("Start the check", key=f"verify_start_{run_id}", disabled=running):
+            jobs.start_verification(workspace, run_id, int(k), mode)
+            st.rerun()
+        if running:
+            st.info("The leave-one-out check is running; refresh the page to see its result.")
+        frame = verify.latest_verification(store, run_id)
+        if len(frame):
+            st.plotly_chart(verify.verification_figure(frame), key=f"verify_chart_{run_id}")
+            st.caption(f"Mode {frame.attrs['mode']}, K = {frame.attrs['k']}, run at {frame.attrs['created_at']}. "
+                       "Points near the dotted line are samples whose removal the scores predicted well.")
+
+
 def _approve() -> None:
     approval = decisions.get_approval(store, run_id, decisions.approve(store, workspace, run_id))
     st.session_state["review_approval_message"] = (
@@ -251,4 +274,5 @@ show_rule_controls()
 show_charts()
 show_galleries()
 show_diagnostics()
+show_verification()
 show_approval()
