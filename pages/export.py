@@ -14,12 +14,7 @@ st.markdown("One row per training sample: `index` (0-based position in the train
             "given `label`, the `influence` score and the approved `decision` (keep or drop). Runs with "
             "injected label noise add `true_label`.")
 workspace, store = widgets.open_workspace()
-run_id = widgets.current_run(store)
-if run_id is None:
-    st.info("There are no runs yet. Start one on Setup.")
-    st.page_link("pages/setup.py", label="Go to Setup", icon=":material/tune:")
-    st.stop()
-widgets.require_task(store, run_id, "classification")
+run_id = widgets.require_run(store, "classification")
 
 approvals = store.query("SELECT approval_id, n_drop, n_total, created_at FROM approvals WHERE run_id = ? "
                         "ORDER BY approval_id DESC", [run_id])

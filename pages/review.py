@@ -11,12 +11,7 @@ COLUMNS = 5
 
 st.title("Review the drop set")
 workspace, store = widgets.open_workspace()
-run_id = widgets.current_run(store)
-if run_id is None:
-    st.info("There are no runs yet. Start one on Setup.")
-    st.page_link("pages/setup.py", label="Go to Setup", icon=":material/tune:")
-    st.stop()
-widgets.require_task(store, run_id, "classification")
+run_id = widgets.require_run(store, "classification")
 
 run = runs.get_run(store, run_id)
 if not workspace.has_scores(run_id):

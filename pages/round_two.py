@@ -10,12 +10,7 @@ st.markdown("Round 2 retrains the same architecture from the same initial weight
             "keeps, with augmentation on, and is compared with round 1 on the test split, which took no part "
             "in choosing the drop set.")
 workspace, store = widgets.open_workspace()
-run_id = widgets.current_run(store)
-if run_id is None:
-    st.info("There are no runs yet. Start one on Setup.")
-    st.page_link("pages/setup.py", label="Go to Setup", icon=":material/tune:")
-    st.stop()
-widgets.require_task(store, run_id, "classification")
+run_id = widgets.require_run(store, "classification")
 
 run = runs.get_run(store, run_id)
 approvals = store.query("SELECT approval_id, n_drop, n_total, created_at FROM approvals WHERE run_id = ? "

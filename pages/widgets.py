@@ -161,3 +161,14 @@ def require_task(store: Store, run_id: str, task: str) -> None:
             f"or choose another run in the sidebar.")
     st.page_link(page, label=f"Go to {title}")
     st.stop()
+
+
+def require_run(store: Store, task: str) -> str:
+    """Return the selected run of ``task``; otherwise stop the page with a link to where to go."""
+    run_id = current_run(store)
+    if run_id is None:
+        st.info("There are no runs yet. Start one on Setup.")
+        st.page_link("pages/setup.py", label="Go to Setup", icon=":material/tune:")
+        st.stop()
+    require_task(store, run_id, task)
+    return run_id
