@@ -40,6 +40,9 @@ def setup(backend: str = None, timeout: datetime.timedelta = DEFAULT_TIMEOUT) ->
     Does nothing and returns False in a single process (``WORLD_SIZE`` unset or 1). ``backend``
     defaults to "nccl" when CUDA is available and "gloo" otherwise. With NCCL the process's
     current CUDA device becomes ``cuda:LOCAL_RANK``.
+
+    NOTE: the backend follows the machine, not the run's ``device`` setting, so CPU ranks on a
+    machine with GPUs need the GPUs hidden (``CUDA_VISIBLE_DEVICES=``).
     """
     if is_distributed():
         return True
