@@ -164,7 +164,6 @@ def scored_once(tmp_path_factory):
     return workspace, store, run_id, scores, directions
 
 
-@pytest.mark.slow
 def test_two_ranks_score_like_one_process(scored_once):
     workspace, store, run_id, scores, directions = scored_once
     before = (workspace.run_dir(run_id) / "directions.pt").stat().st_mtime_ns
@@ -200,7 +199,6 @@ def test_scores_match_per_sample_gradients(scored_once):
                                                                                            abs=1e-9)
 
 
-@pytest.mark.slow
 def test_two_ranks_train_like_one_process(scored_once):
     workspace, store, one_run, _, _ = scored_once
     run_id = create_run(workspace, store, RunConfig(**CONFIG))

@@ -83,7 +83,6 @@ def uninterrupted(workspace_and_store):
     return weights, queries.samples(store, workspace, run_id)
 
 
-@pytest.mark.slow
 def test_killed_job_resumes_to_same_results(workspace_and_store, uninterrupted, started_jobs):
     workspace, store = workspace_and_store
     run_id = create_run(workspace, store, RunConfig(**CONFIG))
