@@ -33,7 +33,7 @@ from core.influence import InfluenceProblem, score_samples, solve_direction, tra
 from core.progress import ProgressFn, report
 from curator import decisions, runs
 from curator.config import RunConfig
-from curator.pipeline import (STAGES, DatasetChangedError, LOSS_DECREASE_WARNING, RunContext, _save_atomic,
+from curator.pipeline import (STAGES, LOSS_DECREASE_WARNING, RunContext, _save_atomic,
                               apply_default_rule)
 from curator.store import Store
 from curator.workspace import Workspace, new_run_id
@@ -65,17 +65,8 @@ def create_denoise_run(workspace: Workspace, store: Store, config: RunConfig, ru
 class DenoiseContext(RunContext):
     """A ``RunContext`` whose dataset is the denoising splits (fingerprint checked)."""
 
-    @property
-    def splits(self) -> DenoisingSplits:
-        if self._splits is None:
-            splits = load_denoise_splits(self.config)
-            if splits.fingerprint != self.record["fingerprint"]:
-                raise DatasetChangedError(
-                    f"the images of run {self.run_id} changed on disk since it was created (fingerprint "
-                    f"{splits.fingerprint[:12]} != stored {self.record['fingerprint'][:12]}); restore the "
-                    f"original files or start a new run")
-            self._splits = splits
-        return self._splits
+    def _load_splits(self) -> DenoisingSplits:
+        return load_denoise_splits(self.config)
 
     @property
     def eval_batch_size(self) -> int:

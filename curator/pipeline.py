@@ -96,10 +96,14 @@ class RunContext:
         self.device = distributed.device_for_rank(resolve_device(self.config.device))
         self._splits = None
 
+    def _load_splits(self):
+        """Load the run's dataset; a task with its own data overrides this."""
+        return load_splits(self.config)
+
     @property
     def splits(self) -> DatasetSplits:
         if self._splits is None:
-            splits = load_splits(self.config)
+            splits = self._load_splits()
             if splits.fingerprint != self.record["fingerprint"]:
                 raise DatasetChangedError(
                     f"dataset {self.config.dataset!r} changed on disk since run {self.run_id} was created "
