@@ -50,13 +50,13 @@ def export(store: Store, run_id: str, output: str, fmt: Optional[str] = None,
 
 
 def to_json(frame: pd.DataFrame) -> str:
-    """A JSON array of row objects; missing values become null."""
+    """Return the rows as a JSON array of objects, with missing values as null."""
     records = json.loads(frame.to_json(orient="records", double_precision=15))
     return json.dumps(records, indent=1)
 
 
 def to_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
-    """The curated index in ``fmt``, for a browser download."""
+    """Return the curated index encoded as ``fmt``, for a browser download."""
     if fmt == "csv":
         return frame.to_csv(index=False).encode()
     if fmt == "json":

@@ -2,7 +2,7 @@
 
 DuckDB lets only one process open a database file for writing, and a second process fails with
 "Could not set lock on file". So every caller opens the file briefly through ``connect`` and
-closes it at once; a lock conflict is retried with backoff for up to ``timeout`` seconds before a
+closes it at once. A lock conflict is retried with backoff for up to ``timeout`` seconds, and then a
 ``StoreBusyError`` names the file and the fix. Bulk per-sample results are not stored here: jobs
 write them as Parquet files in the run's folder, which queries read with ``read_parquet``.
 """
