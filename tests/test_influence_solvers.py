@@ -263,6 +263,32 @@ def test_scores_from_gauss_newton_cache_equal_fresh(cnn, digits):
     assert relative_error(score_samples(problem, direction, other), fresh[:10]) < 1e-10
 
 
+@pytest.mark.parametrize("cache_limit", [20_000, 0], ids=["linearisation cache", "no cache"])
+def test_cg_tangent_scores_equal_fresh(cnn, digits, cache_limit):
+    model, subset = cnn
+    solving = InfluenceProblem(model, cross_entropy_losses, subset, batch_size=128, cache_limit=cache_limit)
+    direction, _ = solve_direction(solving, digits.val, "cg", 0.1, tol=1e-6)
+    fresh = score_samples(InfluenceProblem(model, cross_entropy_losses, subset, batch_size=128), direction, subset)
+    indices = np.array([299, 0, 128, 127, 5])
+
+    # Without a linearisation cache, only the tangents summed during the solve provide the scores.
+    assert solving.cached_directional_derivatives(direction) is not None
+    assert relative_error(score_samples(solving, direction, subset), fresh) < 1e-10
+    assert relative_error(score_samples(solving, direction, subset, indices=indices), fresh[indices]) < 1e-10
+    other = direction + 1e-3 * torch.randn(direction.shape, generator=torch.Generator().manual_seed(1),
+                                           dtype=direction.dtype)
+    if cache_limit == 0:
+        assert solving.cached_directional_derivatives(other) is None
+    other_fresh = score_samples(InfluenceProblem(model, cross_entropy_losses, subset, batch_size=128), other, subset)
+    assert relative_error(score_samples(solving, other, subset), other_fresh) < 1e-10
+
+
+def test_true_hessian_solve_records_no_tangents(logreg_problem, digits):
+    direction, _ = solve_direction(logreg_problem, digits.val, "cg", 0.01, tol=1e-6)
+
+    assert logreg_problem.cached_directional_derivatives(direction) is None
+
+
 def test_cg_stops_at_machine_precision():
     problem = quadratic_problem(EIGENVALUES)
 

@@ -6,6 +6,7 @@ buffers are left as they were.
 """
 
 import warnings
+from contextlib import contextmanager
 from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
@@ -21,6 +22,10 @@ from core.influence.errors import NonFiniteGradientError
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 CURVATURES = ("hessian", "gauss_newton")
+
+#: A Gauss-Newton solve records the network-output tangents of its solution (see
+#: ``SolutionTangents``) while the training set's outputs have at most this many elements in all.
+TANGENT_LIMIT = 50_000_000
 
 
 def select_parameters(model: nn.Module, params: Union[str, Sequence[str]]) -> list:
@@ -93,6 +98,8 @@ class InfluenceProblem:
         self._linearised = None
         self._training_gradient = None
         self.across_ranks = across_ranks and distributed.is_distributed()
+        self._recorder = None
+        self._solutions = []
 
     @property
     def num_params(self) -> int:
@@ -158,14 +165,18 @@ class InfluenceProblem:
             # Forward-over-reverse: the directional derivative of the gradient along ``vector``.
             batch_grad = grad(lambda p: self.losses(p, inputs, targets).sum())
             return jvp(batch_grad, (self.theta,), (vector,))[1]
+        return self._gauss_newton_batch(vector, inputs, targets)[0]
 
-        # Gauss-Newton: J^T H_out J v, with J the Jacobian of the outputs and H_out the Hessian of
-        # the loss with respect to the outputs.
+    def _gauss_newton_batch(self, vector: torch.Tensor, inputs, targets) -> tuple:
+        """Return ``(J^T H_out J v, outputs, J v)`` for one batch.
+
+        ``J`` is the Jacobian of the outputs and ``H_out`` the Hessian of the loss with respect to them.
+        """
         outputs, output_tangent = jvp(lambda p: self.outputs(p, inputs), (self.theta,), (vector,))
         output_grad = grad(lambda z: self.loss_fn(z, targets).sum())
         curved = jvp(output_grad, (outputs.detach(),), (output_tangent,))[1]
         _, pullback = vjp(lambda p: self.outputs(p, inputs), self.theta)
-        return pullback(curved)[0]
+        return pullback(curved)[0], outputs.detach(), output_tangent.detach()
 
     def curvature_product(self, vector: torch.Tensor, batch=None) -> torch.Tensor:
         """Return ``H v`` for the mean training loss, over all training data or one ``batch``.
@@ -178,10 +189,18 @@ class InfluenceProblem:
             return self.batch_curvature_product(vector, inputs, targets) / len(targets)
         if self.curvature == "gauss_newton" and self.num_train <= self.cache_limit:
             return self._cached_gauss_newton_product(vector)
+        recorder = self._recorder if self.curvature == "gauss_newton" else None
+        if recorder is not None:
+            recorder.start_product()
         # Out-of-place sums here and below, so that ``vmap`` over many vectors (the exact solver) works.
         total = 0
-        for inputs, targets, _ in self.batches(self.train, indices=self._own_positions(self.train)):
-            total = total + self.batch_curvature_product(vector, inputs, targets)
+        for inputs, targets, positions in self.batches(self.train, indices=self._own_positions(self.train)):
+            if recorder is None:
+                total = total + self.batch_curvature_product(vector, inputs, targets)
+                continue
+            product, outputs, tangent = self._gauss_newton_batch(vector, inputs, targets)
+            recorder.add(positions, targets, outputs, tangent)
+            total = total + product
         return self._sum_over_ranks(total) / self.num_train
 
     def _cached_gauss_newton_product(self, vector: torch.Tensor) -> torch.Tensor:
@@ -198,21 +217,64 @@ class InfluenceProblem:
                 _, pullback = vjp(forward, self.theta)
                 self._linearised.append((outputs.detach(), targets, positions, push_forward, pullback))
 
+        if self._recorder is not None:
+            self._recorder.start_product()
         total = 0
-        for outputs, targets, _, push_forward, pullback in self._linearised:
+        for outputs, targets, positions, push_forward, pullback in self._linearised:
             output_grad = grad(lambda z, targets=targets: self.loss_fn(z, targets).sum())
-            curved = jvp(output_grad, (outputs,), (push_forward(vector),))[1]
+            tangent = push_forward(vector)
+            if self._recorder is not None:
+                self._recorder.add(positions, targets, outputs, tangent.detach())
+            curved = jvp(output_grad, (outputs,), (tangent,))[1]
             total = total + pullback(curved)[0]
         return self._sum_over_ranks(total) / self.num_train
+
+    @contextmanager
+    def recording_solution_tangents(self):
+        """Yield a ``SolutionTangents`` that collects ``J v`` from each full Gauss-Newton product ``v``.
+
+        A solver that builds its solution as a sum of vectors it multiplied by the curvature (CG)
+        calls ``step(alpha)`` after each product and ``finish(x)`` at the end. Scoring the training
+        set along ``x`` then needs no further pass through the network. With the true Hessian, or
+        when the outputs would exceed ``TANGENT_LIMIT`` elements, the recorder stays disabled.
+        """
+        enabled = self.curvature == "gauss_newton" and self._recorder is None
+        recorder = SolutionTangents(self, enabled)
+        if enabled:
+            self._recorder = recorder
+        try:
+            yield recorder
+        finally:
+            if enabled:
+                self._recorder = None
+
+    def remember_solution(self, vector: torch.Tensor, batches: list) -> None:
+        """Keep ``(positions, targets, outputs, J vector)`` per batch for ``cached_directional_derivatives``."""
+        # Two directions per run (the validation halves); keep a few so a benchmark's extra solves fit.
+        self._solutions = [*self._solutions[-3:], (vector, batches)]
+
+    def _solution_derivatives(self, vector: torch.Tensor, requested: torch.Tensor, values, covered) -> bool:
+        for solution, batches in self._solutions:
+            if solution.shape != vector.shape or not torch.equal(solution, vector.to(solution)):
+                continue
+            for positions, targets, outputs, tangent in batches:
+                if requested[positions].any():
+                    values[positions.to(self.device)] = jvp(lambda z: self.loss_fn(z, targets),
+                                                            (outputs,), (tangent,))[1]
+                    covered[positions] = True
+            return True
+        return False
 
     def cached_directional_derivatives(self, vector: torch.Tensor, indices=None) -> Optional[torch.Tensor]:
         """Return ``grad L(x_i) . vector`` for training positions ``indices`` from the Gauss-Newton cache.
 
-        Replays the cached linearisation of each batch that contains a requested sample, which gives
-        the same values as ``directional_derivatives`` at a fraction of its cost. Returns None when
-        there is no cache or it lacks a requested sample (another rank's shard, for example).
+        Uses the output tangents of a CG solve whose solution is ``vector`` when there are any
+        (``recording_solution_tangents``), else replays the cached linearisation of each batch that
+        contains a requested sample. Both give the same values as ``directional_derivatives`` at a
+        fraction of its cost. Returns None when neither exists or a requested sample is missing
+        (another rank's shard, for example).
         """
-        if self._linearised is None:
+        if self._linearised is None and not self._solutions:
             return None
         wanted = torch.arange(self.num_train) if indices is None else torch.as_tensor(indices, dtype=torch.int64)
         requested = torch.zeros(self.num_train, dtype=torch.bool)
@@ -220,6 +282,10 @@ class InfluenceProblem:
         covered = torch.zeros(self.num_train, dtype=torch.bool)
         values = torch.zeros(self.num_train, dtype=self.dtype, device=self.device)
 
+        if self._solution_derivatives(vector, requested, values, covered):
+            return values[wanted.to(self.device)] if covered[wanted].all() else None
+        if self._linearised is None:
+            return None
         for outputs, targets, positions, push_forward, _ in self._linearised:
             if not requested[positions].any():
                 continue
@@ -233,3 +299,52 @@ class InfluenceProblem:
     def directional_derivatives(self, vector: torch.Tensor, inputs, targets) -> torch.Tensor:
         """Return ``grad L(x_i) . vector`` for every sample of the batch in one forward-mode pass."""
         return jvp(lambda p: self.losses(p, inputs, targets), (self.theta,), (vector,))[1]
+
+
+class SolutionTangents:
+    """The network-output tangent ``J x`` of a solution ``x = sum_k alpha_k p_k``, built during its solve.
+
+    Every full Gauss-Newton product ``H p`` already pushes ``p`` forward through the network
+    (``J p``, one value per sample and output). By linearity ``J x = sum_k alpha_k J p_k``, so
+    keeping that running sum (the size of the network's outputs over the training set) gives every
+    training sample's ``grad L(x_i) . x = (J_i x) . dL/dz_i`` at the end of the solve without
+    another pass through the network.
+    """
+
+    def __init__(self, problem: InfluenceProblem, enabled: bool):
+        self.problem = problem
+        self.enabled = enabled
+        self._latest = []
+        self._solution = None
+
+    def start_product(self) -> None:
+        """Forget the previous product's batches (called by the problem before each full product)."""
+        self._latest = []
+
+    def add(self, positions, targets, outputs, tangent) -> None:
+        """Record one batch of the current product (called by the problem)."""
+        if not self.enabled:
+            return
+        self._latest.append((positions, targets, outputs, tangent))
+        if len(self._latest) * tangent.numel() > TANGENT_LIMIT:
+            self.enabled, self._latest, self._solution = False, [], None
+
+    def step(self, alpha) -> None:
+        """Add ``alpha`` times the latest product's output tangent to the solution's."""
+        if not self.enabled:
+            return
+        if not self._latest:
+            self.enabled, self._solution = False, None
+            return
+        if self._solution is None:
+            self._solution = [[positions, targets, outputs, alpha * tangent]
+                              for positions, targets, outputs, tangent in self._latest]
+        else:
+            for kept, (_, _, _, tangent) in zip(self._solution, self._latest):
+                kept[3] = kept[3] + alpha * tangent
+        self._latest = []
+
+    def finish(self, solution: torch.Tensor) -> None:
+        """Let the problem score along ``solution`` from the recorded tangents."""
+        if self.enabled and self._solution is not None:
+            self.problem.remember_solution(solution.detach(), [tuple(batch) for batch in self._solution])

@@ -48,9 +48,12 @@ def score_samples(problem: InfluenceProblem, direction: torch.Tensor, data, indi
                   progress: Optional[ProgressFn] = None) -> torch.Tensor:
     """Return ``-direction . grad L(x)`` for the samples of ``data`` (or its ``indices``), in order.
 
-    One forward-mode pass per batch, about three forward passes' cost; no per-sample gradient is
-    formed. When ``data`` is the problem's training set and a Gauss-Newton solve has built its
-    linearisation cache, the cache is replayed instead, which gives the same scores faster.
+    One forward-mode pass per batch, about two to three forward passes' cost; no per-sample gradient
+    is formed. When ``data`` is the problem's training set, two shortcuts give the same scores
+    faster: if ``direction`` is the solution of a Gauss-Newton CG solve on this problem, the
+    output tangents summed during that solve already hold every ``J_i direction``, so scoring takes
+    no pass through the network; otherwise a linearisation cache built by Gauss-Newton products is
+    replayed.
     Raises ``NonFiniteGradientError`` naming the positions of any sample whose score is NaN or
     infinite.
     """

@@ -147,6 +147,10 @@ class ConjugateGradientSolver(InverseHVPSolver):
     Running out of iterations is reported as ``converged: False`` and logged as a warning with the
     residual reached. Diagnostics include the residual after every iteration and Lanczos estimates
     of the extreme eigenvalues of ``H + damping*I``.
+
+    With Gauss-Newton curvature the solve also sums the output tangents of its steps
+    (``InfluenceProblem.recording_solution_tangents``), so scoring the training set along the
+    solution afterwards takes no further pass through the network.
     """
 
     name = "cg"
@@ -182,24 +186,27 @@ class ConjugateGradientSolver(InverseHVPSolver):
         relative, largest = 1.0, 0.0
         alphas, betas, residuals = [], [], []
 
-        for iteration in range(1, self.max_iter + 1):
-            ap = problem.curvature_product(p) + damping * p
-            curvature = p @ ap
-            largest = self._check_curvature(curvature, p, largest, damping, problem, iteration)
-            alpha = rr / curvature
-            x = x + alpha * p
-            r = r - alpha * ap
-            rr_next = r @ r
-            relative = float(rr_next.sqrt() / norm_v)
-            alphas.append(float(alpha))
-            residuals.append(relative)
-            report(progress, "solve", iteration, self.max_iter, f"CG residual {relative:.2e}")
-            # Below the dtype's resolution further steps divide rounding noise by rounding noise.
-            if relative < self.tol or relative < torch.finfo(problem.dtype).eps:
-                break
-            betas.append(float(rr_next / rr))
-            p = r + (rr_next / rr) * p
-            rr = rr_next
+        with problem.recording_solution_tangents() as tangents:
+            for iteration in range(1, self.max_iter + 1):
+                ap = problem.curvature_product(p) + damping * p
+                curvature = p @ ap
+                largest = self._check_curvature(curvature, p, largest, damping, problem, iteration)
+                alpha = rr / curvature
+                x = x + alpha * p
+                tangents.step(alpha)
+                r = r - alpha * ap
+                rr_next = r @ r
+                relative = float(rr_next.sqrt() / norm_v)
+                alphas.append(float(alpha))
+                residuals.append(relative)
+                report(progress, "solve", iteration, self.max_iter, f"CG residual {relative:.2e}")
+                # Below the dtype's resolution further steps divide rounding noise by rounding noise.
+                if relative < self.tol or relative < torch.finfo(problem.dtype).eps:
+                    break
+                betas.append(float(rr_next / rr))
+                p = r + (rr_next / rr) * p
+                rr = rr_next
+        tangents.finish(x)
 
         converged = relative < max(self.tol, torch.finfo(problem.dtype).eps)
         if not converged:
