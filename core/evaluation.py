@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.datasets.base import iterate_batches
+from core.datasets.base import DatasetSplits, iterate_batches
+from core.ten_crop import ten_crop_predict, ten_crop_test_split
 
 
 @torch.no_grad()
@@ -49,3 +50,21 @@ def evaluate(model: nn.Module, data, num_classes: int, device=None) -> dict:
     """Return the ``error_report`` of ``model`` on ``data``."""
     losses, predictions = predict(model, data, device=device)
     return error_report(np.asarray(data.labels), predictions, losses, num_classes)
+
+
+def split_reports(model: nn.Module, splits: DatasetSplits, test_crops: int = 1, device=None) -> dict:
+    """Return the ``error_report`` of the test and validation splits, keyed "test" and "validation".
+
+    With ``test_crops=10`` "test" is the ten-crop error (``core.ten_crop``) and the single centre
+    crop's report is added as "test_centre_crop", so both stay comparable with other runs.
+    """
+    reports = {"test": evaluate(model, splits.test, splits.num_classes, device),
+               "validation": evaluate(model, splits.val, splits.num_classes, device)}
+    if test_crops == 10:
+        crop = tuple(splits.test_files.spec.size) if splits.test_files is not None else None
+        losses, predictions = ten_crop_predict(model, ten_crop_test_split(splits), crop=crop, device=device)
+        reports["test_centre_crop"] = reports["test"]
+        reports["test"] = error_report(np.asarray(splits.test.labels), predictions, losses, splits.num_classes)
+    elif test_crops != 1:
+        raise ValueError(f"test_crops must be 1 or 10, got {test_crops}")
+    return reports

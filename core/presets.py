@@ -60,7 +60,7 @@ def _imagenet(model: str) -> dict:
     return {**_SGD, "dataset": "imagefolder", "model": model, "weight_decay": 1e-3, "batch_size": 256,
             "epochs": 60, "lr_schedule": "plateau", "plateau_patience": 3, "milestones": [],
             "round1_augmentation": "none", "round2_augmentation": "crop224_flip_color",
-            "dataset_options": {"image_size": 224, "resize": 256}}
+            "dataset_options": {"image_size": 224, "resize": 256}, "test_crops": 10}
 
 
 #: Full-size presets by name; ``PRESETS`` adds their ``-cpu`` variants.

@@ -48,6 +48,9 @@ def _add_run_options(parser):
                         help="training epochs of each round (default: 30, or the preset's)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="training batch size (default: 64, or the preset's)")
+    parser.add_argument("--test-crops", type=int, choices=[1, 10], default=None,
+                        help="test-time views: 1, or 10 crops of an image-file dataset decoded at its resize "
+                             "option (default: 1, or the preset's; the ImageNet presets use 10)")
     parser.add_argument("--lr", type=float, default=None,
                         help="learning rate (default: 1e-3 with Adam, or the preset's)")
     parser.add_argument("--label-noise", type=float, default=0.0,
@@ -255,7 +258,8 @@ def _config_from_args(args):
                 "model_options": _parse_json_options(args.model_option, "--model-option") or None,
                 "dataset": args.dataset, "data_dir": args.data_dir, "model": args.model,
                 "max_train_samples": args.max_train_samples, "epochs": args.epochs, "batch_size": args.batch_size,
-                "lr": args.lr, "params": args.params, "noise_pairs": args.noise_pairs, "damping": args.damping}
+                "lr": args.lr, "params": args.params, "noise_pairs": args.noise_pairs, "damping": args.damping,
+                "test_crops": args.test_crops}
     settings = {key: value for key, value in settings.items() if value is not None}
     settings.update(seed=args.seed, label_noise=args.label_noise, solver=args.solver, curvature=args.curvature,
                     drop_rule=rule.to_dict(), device=args.device)

@@ -38,6 +38,9 @@ class RunConfig:
     milestones: list = field(default_factory=list)
     round1_augmentation: str = "none"
     round2_augmentation: str = "translate1"
+    #: Test-time views: 1 (the image as trained) or 10 (``core.ten_crop``: corners, centre and mirrors of
+    #: the image decoded at ``dataset_options["resize"]``; image-file datasets only).
+    test_crops: int = 1
     #: Name of the ``core.presets`` recipe these settings started from (informational; the values are stored).
     preset: Optional[str] = None
     #: Stratified, seeded subset size of the training split; None keeps all of it.
@@ -75,6 +78,8 @@ class RunConfig:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.test_crops not in (1, 10):
+            raise ValueError(f"test_crops must be 1 or 10, got {self.test_crops}")
         if self.influence_dtype not in ("float32", "float64"):
             raise ValueError(f"influence_dtype must be float32 or float64, got {self.influence_dtype!r}")
         DropRule.from_dict(self.drop_rule)

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from core.drop_rules import DropRule, select_drop
-from core.evaluation import evaluate
+from core.evaluation import split_reports
 from core.progress import ProgressFn, report
 from core.training import train
 from curator import label_noise, queries, runs
@@ -341,7 +341,7 @@ def _record_round1(ctx: RunContext, experiment_id: str, seed: int, samples: pd.D
     metrics = metrics[metrics["round"] == 1]
     reports = {row.split: {"error": row.error, "loss": row.loss, "count": int(row.count),
                            "per_class": json.loads(row.per_class)} for row in metrics.itertuples()}
-    if set(reports) != {"test", "validation"}:
+    if not {"test", "validation"} <= set(reports):
         raise RuntimeError(f"run {ctx.run_id} has no round-1 test and validation metrics; resume the run")
     seconds = runs.get_run(ctx.store, ctx.run_id)["timings"].get("round1_seconds")
     flipped_dropped = 0 if label_noise.has_label_noise(samples) else None
@@ -389,8 +389,7 @@ def _train_arm(ctx: RunContext, experiment_id: str, seed: int, arm: str, masks: 
           progress=ctx.progress, checkpoint_path=str(checkpoint), stage=f"seed {seed}: {arm}",
           val_data=ctx.splits.val)
     splits = ctx.splits
-    reports = {"test": evaluate(model, splits.test, splits.num_classes, ctx.device),
-               "validation": evaluate(model, splits.val, splits.num_classes, ctx.device)}
+    reports = split_reports(model, splits, ctx.config.test_crops, ctx.device)
     _insert_arm_rows(ctx, experiment_id, seed, arm, reports, len(kept), int(mask.sum()), n_flipped_dropped, path,
                      None, time.perf_counter() - started)
     checkpoint.unlink(missing_ok=True)

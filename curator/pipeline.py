@@ -26,11 +26,12 @@ from core import distributed
 from core.datasets import DatasetSplits, load_dataset
 from core.device import resolve_device
 from core.drop_rules import DropRule
-from core.evaluation import evaluate, predict
+from core.evaluation import predict, split_reports
 from core.influence import InfluenceProblem, cross_entropy_losses, score_samples, solve_direction
 from core.influence import select_parameters, training_gradient_norm
 from core.models import build_model
 from core.progress import ProgressFn, report
+from core.ten_crop import ten_crop_test_split
 from core.training import train
 from curator import decisions, queries, runs
 from curator.config import RunConfig
@@ -80,6 +81,8 @@ def _check_model_settings(config: RunConfig, splits: DatasetSplits) -> None:
     model = build_model(config.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
                         image_size=tuple(image_size), seed=config.seed, **config.round_model_options(1))
     select_parameters(model, config.params)
+    if config.test_crops == 10:
+        ten_crop_test_split(splits)
 
 
 class RunContext:
@@ -140,8 +143,7 @@ def _update_run(ctx: RunContext, **fields) -> None:
 def _record_training(ctx: RunContext, round_number: int, history: list, model, n_train: int,
                      approval_id: Optional[int]) -> dict:
     splits = ctx.splits
-    reports = {"test": evaluate(model, splits.test, splits.num_classes, ctx.device),
-               "validation": evaluate(model, splits.val, splits.num_classes, ctx.device)}
+    reports = split_reports(model, splits, ctx.config.test_crops, ctx.device)
     now = pd.Timestamp.now()
     with ctx.store.connect() as connection:
         connection.execute("DELETE FROM history WHERE run_id = ? AND round = ?", [ctx.run_id, round_number])

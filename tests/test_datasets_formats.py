@@ -353,6 +353,48 @@ def test_ten_crop_averages_ten_views(tmp_path):
                        atol=1e-5)
 
 
+def _ten_views(images: torch.Tensor, crop: int) -> list:
+    """The four corners and the centre of ``images``, then the same of their mirror images."""
+    size = images.shape[-1]
+    low, high, middle = slice(0, crop), slice(size - crop, size), slice((size - crop) // 2, (size - crop) // 2 + crop)
+    views = []
+    for image in (images, images.flip(-1)):
+        views += [image[..., rows, columns] for rows, columns in
+                  ((low, low), (low, high), (high, low), (high, high), (middle, middle))]
+    return views
+
+
+def test_pipeline_records_ten_crop_test_error(tmp_path, format_dirs):
+    run = _run(tmp_path, "--dataset", "imagefolder", "--data-dir", format_dirs["imagefolder"], "--model", "logreg",
+               "--no-round2", "--test-crops", "10", "--data-option", "image_size=16", "--data-option", "resize=20",
+               "--data-option", "val_fraction=0.2")
+    store = Store(Workspace(tmp_path))
+    rows = store.query("SELECT split, error, loss FROM metrics WHERE round = 1").set_index("split")
+    splits = load_splits(RunConfig.from_dict(run["config"]))
+    model = build_model("logreg", num_classes=2, in_channels=3, image_size=(16, 16), seed=0)
+    model.load_state_dict(torch.load(Workspace(tmp_path).run_dir(run["run_id"]) / "round1.pt", weights_only=True))
+    model.eval()
+    large = splits.test_files.resized((20, 20), 20)
+    images = large.images[torch.arange(len(large))]
+    with torch.no_grad():
+        probabilities = torch.stack([torch.softmax(model(view), dim=1) for view in _ten_views(images, 16)]).mean(0)
+        centre = model(splits.test.images[torch.arange(len(splits.test))]).argmax(1).numpy()
+    labels = torch.as_tensor(splits.test.labels)
+
+    assert sorted(rows.index) == ["test", "test_centre_crop", "validation"]
+    assert rows.loc["test", "error"] == pytest.approx(float((probabilities.argmax(1) != labels).float().mean()))
+    assert rows.loc["test", "loss"] == pytest.approx(float(-probabilities[torch.arange(len(labels)), labels].log().mean()),
+                                                     rel=1e-5)
+    assert rows.loc["test_centre_crop", "error"] == pytest.approx(float(np.mean(centre != splits.test.labels)))
+
+
+def test_ten_crop_on_arrays_rejected_before_storing(tmp_path, capsys):
+    assert main(["run", "--workspace", str(tmp_path), "--test-crops", "10", *TINY_RUN]) != 0
+
+    assert "set test_crops to 1" in capsys.readouterr().err
+    assert runs.latest_run_id(Store(Workspace(tmp_path))) is None
+
+
 class _Harmless:
     """Pickles as a call to ``os.getcwd``, standing in for a tampered batch file that runs code."""
 

@@ -32,6 +32,7 @@ def test_recipes_match_the_paper():
     assert allcnn["dataset_options"] == {"whiten": "zca"}
     assert (imagenet["weight_decay"], imagenet["epochs"], imagenet["lr_schedule"]) == (1e-3, 60, "plateau")
     assert imagenet["round2_augmentation"] == "crop224_flip_color"
+    assert imagenet["test_crops"] == 10
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_PRESETS))

@@ -82,6 +82,9 @@ class DatasetSplits:
     class_names: list
     fingerprint: str
     info: dict = field(default_factory=dict)
+    #: The test split as image files that can be decoded again at another size (a ``FileSplit``),
+    #: which ten-crop evaluation needs; None for datasets that are not read from image files.
+    test_files: Optional[object] = None
 
 
 def iterate_batches(data, batch_size: int, shuffle: bool = False,

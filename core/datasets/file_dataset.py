@@ -105,8 +105,13 @@ def build_file_splits(name: str, root: str, entries: list, options: FileOptions,
         pixels = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).contiguous()
         split_pixels = {s: Pixels(pixels[torch.from_numpy(parts[s])], labels[parts[s]],
                                   [chosen[i].sample_id for i in parts[s]]) for s in parts}
-        return build_array_splits(name, split_pixels["train"], split_pixels["val"], split_pixels["test"],
-                                  classes, fingerprint, info, seed=seed)
+        splits = build_array_splits(name, split_pixels["train"], split_pixels["val"], split_pixels["test"],
+                                    classes, fingerprint, info, seed=seed)
+        test = parts["test"]
+        splits.test_files = FileSplit(root, [chosen[i].path for i in test], labels[test],
+                                      [chosen[i].sample_id for i in test], spec,
+                                      (splits.info["mean"], splits.info["std"]))
+        return splits
     return _file_backed(name, root, chosen, labels, parts, spec, classes, fingerprint, info, seed)
 
 
@@ -288,6 +293,7 @@ def _file_backed(name, root, chosen, labels, parts, spec, class_names, fingerpri
 
     info = {**info, "mean": mean, "std": std, "image_size": list(spec.size), "channels": spec.channels,
             "storage": "files", "statistics_samples": len(values)}
-    return DatasetSplits(name=name, train=make("train"), val=make("val"), test=make("test"),
+    test = make("test")
+    return DatasetSplits(name=name, train=make("train"), val=make("val"), test=test,
                          num_classes=len(class_names), in_channels=spec.channels, class_names=class_names,
-                         fingerprint=fingerprint, info=info)
+                         fingerprint=fingerprint, info=info, test_files=test)
