@@ -12,11 +12,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from core.drop_rules import DropRule
-from curator import experiment, experiment_summary, queries, statistics
+from core.models import build_model
+from curator import experiment, experiment_summary, queries, runs, statistics
 from curator.cli import main
 from curator.config import RunConfig, parse_noise_pairs
+from curator.pipeline import load_splits
 from curator.store import Store
 from curator.workspace import Workspace
 
@@ -207,6 +210,26 @@ def test_detection_metrics_match_hand_values(stored):
             assert row["precision_at_flipped"] == pytest.approx(flipped[top].mean())
             assert curve["inspected"] == pytest.approx(inspected)
             assert curve["found"] == pytest.approx(found)
+
+
+def test_cleanlab_arm_matches_cleanlab(stored):
+    rank = pytest.importorskip("cleanlab.rank")
+    cleanlab_filter = pytest.importorskip("cleanlab.filter")
+    for seed in SEEDS:
+        run_id = experiment.run_id_for(stored["id"], seed)
+        config = RunConfig.from_dict(runs.get_run(stored["store"], run_id)["config"])
+        splits = load_splits(config)
+        model = build_model("logreg", num_classes=10, in_channels=1, image_size=(8, 8), seed=seed)
+        model.load_state_dict(torch.load(stored["workspace"].run_dir(run_id) / "round1.pt", weights_only=True))
+        model.eval()
+        with torch.no_grad():
+            probabilities = torch.softmax(model(splits.train.images), 1).double().numpy()
+        labels = splits.train.labels
+        frame = _rankings(stored, seed)
+
+        assert frame["suspicion_cleanlab"].to_numpy() == pytest.approx(
+            1 - rank.get_label_quality_scores(labels, probabilities), abs=1e-6)
+        assert (frame["flagged_cleanlab"].to_numpy() == cleanlab_filter.find_label_issues(labels, probabilities)).all()
 
 
 def test_influence_is_flagged_by_the_rule_drop_set(stored):
