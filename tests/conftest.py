@@ -26,6 +26,15 @@ def stop_live_jobs(workspace: Workspace) -> None:
                 pass
 
 
+@pytest.fixture(scope="session", autouse=True)
+def scan_cache_folder(tmp_path_factory):
+    """Point the image header scan cache (``CURATOR_SCAN_CACHE``) at a temporary folder for the whole session."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("scan-cache")
+        patch.setenv("CURATOR_SCAN_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture
 def app_workspace(tmp_path, monkeypatch):
     """An empty workspace that the app opens, selected through ``CURATOR_WORKSPACE``.

@@ -3,7 +3,9 @@
 Loading steps:
 
 1. Read every file's header on a thread pool. Zero-byte files, non-images, unreadable files and
-   images over ``max_pixels`` are skipped and listed in ``info["skipped"]`` with the reason.
+   images over ``max_pixels`` are skipped and listed in ``info["skipped"]`` with the reason. The
+   header results are cached per file listing (``core.datasets.scan_cache``; folder
+   ``$CURATOR_SCAN_CACHE``), so a later load of unchanged files reads no headers.
 2. Choose the channel count (3 when any image is colour, else 1) and the size (the most common
    one) unless given, so every image is converted the same way.
 3. With ``verify="full"`` (the default up to ``FULL_VERIFY_LIMIT`` files) decode every image, which
@@ -25,10 +27,11 @@ from core.datasets.arrays import Pixels, build_array_splits
 from core.datasets.base import DatasetSplits
 from core.datasets.checks import DatasetError, check_splits
 from core.datasets.files import FileSplit, decode_pool
-from core.datasets.fingerprint import combine, fingerprint_files, ids_digest
+from core.datasets.fingerprint import combine, fingerprint_files, ids_digest, stat_files
 from core.datasets.holdout import stratified_holdout
 from core.datasets.images import DEFAULT_MAX_PIXELS, DecodeSpec, ImageRejected, channels_of_mode, probe_image
 from core.datasets.images import read_image
+from core.datasets.scan_cache import cached_scan
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +88,9 @@ def build_file_splits(name: str, root: str, entries: list, options: FileOptions,
     By default a split is declared when an entry names it.
     """
     entries = sorted(entries, key=lambda e: (e.split or "", e.path))
-    chosen, decoded, spec, verify, skipped = _read_files(name, root, entries, options)
+    paths = [e.path for e in entries]
+    stats = stat_files(root, paths)
+    chosen, decoded, spec, verify, skipped = _read_files(name, root, entries, stats, options)
 
     listed = sorted(set(listed_classes or []) | {e.label for e in entries if e.split in (None, "train")})
     classes = _training_classes(name, listed, chosen, class_names)
@@ -95,7 +100,7 @@ def build_file_splits(name: str, root: str, entries: list, options: FileOptions,
     parts = _assign_splits(chosen, labels, options, seed, declared_splits)
     check_splits(name, labels[parts["train"]], labels[parts["val"]], labels[parts["test"]], classes)
 
-    digest, method = fingerprint_files(root, [e.path for e in entries])
+    digest, method = fingerprint_files(root, paths, stats=stats)
     fingerprint = combine(digest, *extra_fingerprint, *[ids_digest([chosen[i].sample_id for i in parts[s]])
                                                          for s in ("train", "val", "test")])
     info = {**(info or {}), "root": root, "skipped": skipped, "fingerprint_method": method, "verify": verify,
@@ -115,13 +120,14 @@ def build_file_splits(name: str, root: str, entries: list, options: FileOptions,
     return _file_backed(name, root, chosen, labels, parts, spec, classes, fingerprint, info, seed)
 
 
-def _read_files(name: str, root: str, entries: list, options: FileOptions) -> tuple:
+def _read_files(name: str, root: str, entries: list, stats: list, options: FileOptions) -> tuple:
     """Check every file; return ``(readable entries, their pixels or None, spec, verify mode, skipped)``.
 
     Pixels are returned (uint8 ``(H, W, C)`` per entry) only when every image was decoded and
-    they fit in ``options.memory_limit``.
+    they fit in ``options.memory_limit``. ``stats`` are the entries' ``stat_files`` results, which
+    key the header scan cache.
     """
-    headers, skipped = _probe_all(root, entries, options.max_pixels)
+    headers, skipped = _probe_all(root, entries, stats, options.max_pixels)
     if not headers:
         raise DatasetError(f"dataset {name!r}: none of the {len(entries)} listed image files under {root} can be "
                            f"read ({_reasons(skipped)}); check the folder and the files")
@@ -146,24 +152,34 @@ def _read_files(name: str, root: str, entries: list, options: FileOptions) -> tu
     return [entries[i] for i in good], decoded, spec, verify, skipped
 
 
-def _probe_all(root: str, entries: list, max_pixels: int) -> tuple:
-    # TODO: every process that loads the dataset reads every header again (minutes for ImageNet's
-    # 1.28M files); a scan cache keyed by the file listing's fingerprint would load it once.
-    def probe(entry):
+def _probe_all(root: str, entries: list, stats: list, max_pixels: int) -> tuple:
+    """Return ``(headers by entry index, skipped)``, reading the headers or the scan cache."""
+    paths = [entry.path for entry in entries]
+    results = cached_scan(root, paths, stats, max_pixels, lambda: probe_files(root, paths, max_pixels))
+
+    headers, skipped = {}, []
+    for index, result in enumerate(results):
+        if isinstance(result, ImageRejected):
+            skipped.append({"index": index, "path": paths[index], "reason": result.reason})
+        else:
+            headers[index] = result
+    return headers, skipped
+
+
+def probe_files(root: str, paths: list, max_pixels: int) -> list:
+    """Return each file's ``(mode, (height, width))`` or ``ImageRejected``, read on the decode pool."""
+    def probe(path):
         try:
-            return probe_image(os.path.join(root, entry.path), max_pixels)
+            return probe_image(os.path.join(root, path), max_pixels)
         except ImageRejected as error:
             return error
 
-    headers, skipped = {}, []
-    for index, result in enumerate(decode_pool().map(probe, entries)):
-        if isinstance(result, ImageRejected):
-            skipped.append({"index": index, "path": entries[index].path, "reason": result.reason})
-        else:
-            headers[index] = result
-        if (index + 1) % 100_000 == 0:
-            logger.info("checked the headers of %d of %d images", index + 1, len(entries))
-    return headers, skipped
+    results = []
+    for result in decode_pool().map(probe, paths):
+        results.append(result)
+        if len(results) % 100_000 == 0:
+            logger.info("checked the headers of %d of %d images", len(results), len(paths))
+    return results
 
 
 def _choose_spec(headers: dict, options: FileOptions) -> DecodeSpec:

@@ -7,7 +7,7 @@ instead, so an edit that keeps both size and modification time goes unnoticed th
 
 import hashlib
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -24,30 +24,50 @@ def hash_file(path: str, digest) -> None:
             digest.update(block)
 
 
-def fingerprint_files(root: str, relative_paths: Sequence[str], content_limit: int = CONTENT_LIMIT) -> tuple:
-    """Return ``(hex digest, method)`` of the files; method is "content" or "stat" (path, size, mtime).
-
-    A missing file counts as size -1, so deleting a file changes the fingerprint.
-    """
+def stat_files(root: str, relative_paths: Sequence[str]) -> list:
+    """Return ``os.stat`` of each file under ``root``, None where the file is missing or cannot be read."""
     stats = []
     for relative in relative_paths:
         try:
             stats.append(os.stat(os.path.join(root, relative)))
         except OSError:
             stats.append(None)
-    total = sum(s.st_size for s in stats if s is not None)
-    method = "content" if total <= content_limit else "stat"
+    return stats
 
-    digest = hashlib.sha256(method.encode())
+
+def fingerprint_files(root: str, relative_paths: Sequence[str], content_limit: int = CONTENT_LIMIT,
+                      stats: Optional[list] = None) -> tuple:
+    """Return ``(hex digest, method)`` of the files; method is "content" or "stat" (path, size, mtime).
+
+    ``stats`` are the files' ``stat_files`` results when the caller already has them. A missing
+    file counts as size -1, so deleting a file changes the fingerprint.
+    """
+    if stats is None:
+        stats = stat_files(root, relative_paths)
+    total = sum(s.st_size for s in stats if s is not None)
+    if total > content_limit:
+        return stat_fingerprint(relative_paths, stats), "stat"
+
+    digest = hashlib.sha256(b"content")
     for relative, stat in zip(relative_paths, stats):
         digest.update(_encode(relative) + b"\0")
         if stat is None:
             digest.update(b"-1")
-        elif method == "content":
-            hash_file(os.path.join(root, relative), digest)
         else:
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest(), method
+            hash_file(os.path.join(root, relative), digest)
+    return digest.hexdigest(), "content"
+
+
+def stat_fingerprint(relative_paths: Sequence[str], stats: list) -> str:
+    """Return the hex digest of each file's relative path, size and ``st_mtime_ns``, in order (no reads).
+
+    ``stats`` are the ``stat_files`` results; a missing file (None) counts as size -1.
+    """
+    digest = hashlib.sha256(b"stat")
+    for relative, stat in zip(relative_paths, stats):
+        digest.update(_encode(relative) + b"\0")
+        digest.update(b"-1" if stat is None else f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
 
 
 def combine(*parts) -> str:
