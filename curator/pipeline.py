@@ -237,11 +237,17 @@ def run_scoring(ctx: RunContext) -> None:
         half_a, half_b = validation_halves(splits.val.labels, config.seed)
         directions, solves = [], {}
         for name, half in (("a", half_a), ("b", half_b)):
+            # Under torchrun every rank runs the same CG steps on its shard, and machines may not share
+            # a folder, so only a single process keeps a checkpoint of the solve.
+            checkpoint = None if distributed.is_distributed() else str(ctx.dir / f"solve-{name}.ckpt")
             direction, info = solve_direction(problem, torch.utils.data.Subset(splits.val, half), config.solver,
-                                              config.damping, progress=ctx.progress, **config.all_solver_options())
+                                              config.damping, progress=ctx.progress, checkpoint_path=checkpoint,
+                                              **config.all_solver_options())
             directions.append(distributed.broadcast(direction))
             solves[name] = info
         distributed.main_only(_save_atomic, {"a": directions[0].cpu(), "b": directions[1].cpu()}, directions_path)
+        for name in ("a", "b"):
+            (ctx.dir / f"solve-{name}.ckpt").unlink(missing_ok=True)
         diagnostics.update({"solver": config.solver, "curvature": config.curvature, "damping": config.damping,
                             "params": config.params, "num_params": problem.num_params, "solves": solves,
                             "validation_halves": [len(half_a), len(half_b)]})

@@ -283,6 +283,44 @@ def test_cg_tangent_scores_equal_fresh(cnn, digits, cache_limit):
     assert relative_error(score_samples(solving, other, subset), other_fresh) < 1e-10
 
 
+def test_cg_continues_from_checkpoint(cnn, digits, tmp_path):
+    model, subset = cnn
+    checkpoint = str(tmp_path / "solve.ckpt")
+
+    def problem():
+        return InfluenceProblem(model, cross_entropy_losses, subset, batch_size=128)
+
+    gradient = problem().loss_gradient_sum(digits.val)
+    whole, whole_info = ConjugateGradientSolver(tol=1e-8).solve(problem(), gradient, 0.1)
+    ConjugateGradientSolver(tol=1e-8, max_iter=3).solve(problem(), gradient, 0.1, checkpoint_path=checkpoint)
+    resuming = problem()
+    resumed, info = ConjugateGradientSolver(tol=1e-8).solve(resuming, gradient, 0.1, checkpoint_path=checkpoint)
+    fresh = score_samples(problem(), resumed, subset)
+
+    assert info["resumed_from_iteration"] == 3
+    assert info["iterations"] == whole_info["iterations"]
+    assert relative_error(resumed, whole) < 1e-10
+    # The tangents of iterations 1-3 are lost, so scoring must not use a partial sum.
+    assert relative_error(score_samples(resuming, resumed, subset), fresh) < 1e-10
+
+
+def test_cg_ignores_checkpoint_of_another_solve(cnn, digits, tmp_path, caplog):
+    model, subset = cnn
+    problem = InfluenceProblem(model, cross_entropy_losses, subset, batch_size=128)
+    gradient = problem.loss_gradient_sum(digits.val)
+    checkpoint = tmp_path / "solve.ckpt"
+    ConjugateGradientSolver(tol=1e-8, max_iter=2).solve(problem, gradient, 0.1, checkpoint_path=str(checkpoint))
+
+    _, other_damping = ConjugateGradientSolver(tol=1e-3).solve(problem, gradient, 0.2, checkpoint_path=str(checkpoint))
+    checkpoint.write_bytes(b"not a checkpoint")
+    with caplog.at_level(logging.WARNING):
+        _, damaged = ConjugateGradientSolver(tol=1e-3).solve(problem, gradient, 0.1, checkpoint_path=str(checkpoint))
+
+    assert other_damping["resumed_from_iteration"] is None
+    assert damaged["resumed_from_iteration"] is None
+    assert "unreadable CG checkpoint" in caplog.text
+
+
 def test_true_hessian_solve_records_no_tangents(logreg_problem, digits):
     direction, _ = solve_direction(logreg_problem, digits.val, "cg", 0.01, tol=1e-6)
 

@@ -329,6 +329,10 @@ class SolutionTangents:
         if len(self._latest) * tangent.numel() > TANGENT_LIMIT:
             self.enabled, self._latest, self._solution = False, [], None
 
+    def abandon(self) -> None:
+        """Stop recording: the solution did not start from zero in this process (a resumed solve)."""
+        self.enabled, self._latest, self._solution = False, [], None
+
     def step(self, alpha) -> None:
         """Add ``alpha`` times the latest product's output tangent to the solution's."""
         if not self.enabled:

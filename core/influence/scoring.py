@@ -50,10 +50,10 @@ def score_samples(problem: InfluenceProblem, direction: torch.Tensor, data, indi
 
     One forward-mode pass per batch, about two to three forward passes' cost; no per-sample gradient
     is formed. When ``data`` is the problem's training set, two shortcuts give the same scores
-    faster: if ``direction`` is the solution of a Gauss-Newton CG solve on this problem, the
+    faster. If ``direction`` is the solution of a Gauss-Newton CG solve on this problem, the
     output tangents summed during that solve already hold every ``J_i direction``, so scoring takes
-    no pass through the network; otherwise a linearisation cache built by Gauss-Newton products is
-    replayed.
+    no pass through the network. Otherwise a linearisation cache built by Gauss-Newton products is
+    replayed when there is one.
     Raises ``NonFiniteGradientError`` naming the positions of any sample whose score is NaN or
     infinite.
     """
@@ -88,7 +88,8 @@ def _raise_on_non_finite(scores: torch.Tensor, positions: torch.Tensor) -> None:
 
 
 def solve_direction(problem: InfluenceProblem, val, solver: str = defaults.SOLVER, damping: float = defaults.DAMPING,
-                    progress: Optional[ProgressFn] = None, **solver_options) -> tuple:
+                    progress: Optional[ProgressFn] = None, checkpoint_path: Optional[str] = None,
+                    **solver_options) -> tuple:
     """Return ``(s, diagnostics)`` with ``s = (H + damping*I)^-1 sum_j grad L(v_j)``.
 
     The validation and the training gradients are checked for NaN and infinity first, so bad
@@ -99,6 +100,9 @@ def solve_direction(problem: InfluenceProblem, val, solver: str = defaults.SOLVE
     validation sample (``max_val_samples`` caps how many), summed afterwards. With the same
     ``scale`` and batches for every sample, LiSSA is linear in its right-hand side, so the loop
     gives the same direction as one LiSSA solve of the summed gradient, at ``k`` times the cost.
+
+    ``checkpoint_path`` (CG only; other solvers ignore it) saves CG's state after every iteration,
+    and a later call with the same problem, data and settings continues from it.
     """
     if damping < 0:
         raise ValueError(f"damping {damping} must be >= 0")
@@ -109,7 +113,9 @@ def solve_direction(problem: InfluenceProblem, val, solver: str = defaults.SOLVE
     if solver == "paper":
         direction, diagnostics = _solve_paper_loop(problem, val, damping, progress, **solver_options)
     else:
-        direction, diagnostics = make_solver(solver, **solver_options).solve(problem, gradient, damping, progress)
+        resume = {"checkpoint_path": checkpoint_path} if checkpoint_path and solver == "cg" else {}
+        direction, diagnostics = make_solver(solver, **solver_options).solve(problem, gradient, damping, progress,
+                                                                             **resume)
     if not torch.isfinite(direction).all():
         raise SolverDivergedError(f"solver {solver!r} returned a non-finite direction; no scores were computed. "
                                   f"Raise damping or use solver='cg'")

@@ -8,9 +8,11 @@ Cost is counted in curvature products over the whole training set ("full product
 about as much as one training epoch (``benchmarks/influence_speed.py`` measures the ratio).
 """
 
+import hashlib
 import inspect
 import logging
 import math
+import os
 import time
 from typing import Optional
 
@@ -173,21 +175,40 @@ class ConjugateGradientSolver(InverseHVPSolver):
                                          + f" (CG iteration {iteration})")
         return largest
 
-    def solve(self, problem, vector, damping, progress=None):
+    def solve(self, problem, vector, damping, progress=None, checkpoint_path: Optional[str] = None):
+        """Return ``(x, diagnostics)`` for ``(H + damping*I) x = vector``.
+
+        With ``checkpoint_path`` the state is saved after every iteration, and a saved state of the
+        same problem, right-hand side and settings is continued from.
+        """
         started = time.perf_counter()
         norm_v = vector.norm()
         if norm_v == 0:
             return torch.zeros_like(vector), {"solver": self.name, "iterations": 0, "relative_residual": 0.0,
                                               "converged": True, "seconds": 0.0}
-        x = torch.zeros_like(vector)
-        r = vector.clone()
-        p = r.clone()
+        key = _checkpoint_key(problem, vector, damping, self.tol)
+        state = _load_checkpoint(checkpoint_path, key) if checkpoint_path else None
+        if state is None:
+            x = torch.zeros_like(vector)
+            r = vector.clone()
+            p = r.clone()
+            first, relative, largest = 1, 1.0, 0.0
+            alphas, betas, residuals = [], [], []
+        else:
+            x, r, p = (state[name].to(vector.device, vector.dtype) for name in ("x", "r", "p"))
+            first, largest = state["iteration"] + 1, state["largest"]
+            alphas, betas, residuals = state["alphas"], state["betas"], state["residuals"]
+            relative = residuals[-1]
+            logger.info("CG continues from iteration %d of a saved solve (%s)", first - 1, checkpoint_path)
         rr = r @ r
-        relative, largest = 1.0, 0.0
-        alphas, betas, residuals = [], [], []
+        iteration = first - 1
 
         with problem.recording_solution_tangents() as tangents:
-            for iteration in range(1, self.max_iter + 1):
+            if state is not None:
+                # The tangents of the iterations before the restart are gone, so a partial sum
+                # would give wrong scores: scoring then takes its usual pass through the network.
+                tangents.abandon()
+            for iteration in range(first, self.max_iter + 1):
                 ap = problem.curvature_product(p) + damping * p
                 curvature = p @ ap
                 largest = self._check_curvature(curvature, p, largest, damping, problem, iteration)
@@ -206,6 +227,10 @@ class ConjugateGradientSolver(InverseHVPSolver):
                 betas.append(float(rr_next / rr))
                 p = r + (rr_next / rr) * p
                 rr = rr_next
+                if checkpoint_path:
+                    _save_checkpoint(checkpoint_path, {**key, "x": x.cpu(), "r": r.cpu(), "p": p.cpu(),
+                                                       "iteration": iteration, "largest": largest,
+                                                       "alphas": alphas, "betas": betas, "residuals": residuals})
         tangents.finish(x)
 
         converged = relative < max(self.tol, torch.finfo(problem.dtype).eps)
@@ -215,9 +240,37 @@ class ConjugateGradientSolver(InverseHVPSolver):
         smallest_ritz, largest_ritz = lanczos_extremes(alphas, betas)
         return x, {"solver": self.name, "iterations": iteration, "relative_residual": relative,
                    "converged": converged, "tolerance": self.tol, "residuals": residuals,
+                   "resumed_from_iteration": None if state is None else first - 1,
                    "estimated_min_damped_eigenvalue": smallest_ritz,
                    "estimated_max_damped_eigenvalue": largest_ritz,
                    "seconds": time.perf_counter() - started}
+
+
+def _checkpoint_key(problem: InfluenceProblem, vector: torch.Tensor, damping: float, tol: float) -> dict:
+    """Return what a saved CG state must match: the right-hand side's digest and the solve's settings."""
+    digest = hashlib.sha256(vector.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+    return {"vector_sha256": digest, "damping": float(damping), "tol": float(tol), "curvature": problem.curvature,
+            "num_params": problem.num_params, "dtype": str(problem.dtype)}
+
+
+def _load_checkpoint(path: str, key: dict) -> Optional[dict]:
+    if not os.path.exists(path):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged file only costs the iterations it held
+        logger.warning("ignoring the unreadable CG checkpoint %s (%s); the solve starts again", path, error)
+        return None
+    if any(state.get(name) != value for name, value in key.items()):
+        logger.info("the CG checkpoint %s belongs to another solve; the solve starts again", path)
+        return None
+    return state
+
+
+def _save_checkpoint(path: str, state: dict) -> None:
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def estimate_max_eigenvalue(problem: InfluenceProblem, damping: float, iterations: int = 20,
