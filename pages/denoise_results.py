@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from curator import denoise_charts, denoise_queries, runs
+from curator import denoise_charts, denoise_queries
 from pages import widgets
 
 st.title("Denoising results")
@@ -10,11 +10,7 @@ st.markdown("PSNR in dB of each test image against its clean original (higher is
             "round 1 trained on every patch, and round 2 retrained without the approved drop set. Test images "
             "took no part in choosing the drop set.")
 workspace, store = widgets.open_workspace()
-run_id = widgets.current_run(store)
-run = runs.get_run(store, run_id) if run_id else None
-if run is None or not denoise_queries.is_denoise_run(run):
-    st.info("Select a denoising run in the sidebar, or start one with `curator run --task denoise`.")
-    st.stop()
+run_id = widgets.require_run(store, "denoise")
 
 widgets.job_panel(workspace, store, run_id, key="denoise_results", show_finished=False)
 approvals = denoise_queries.round2_approvals(store, run_id)

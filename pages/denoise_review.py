@@ -3,7 +3,7 @@
 import streamlit as st
 
 from curator import (app_charts, app_review, app_state, decisions, denoise_queries, gallery, jobs,
-                     queries, runs)
+                     queries)
 from pages import widgets
 
 PAGE_SIZE = 12
@@ -13,11 +13,7 @@ st.markdown("Each training sample is a noisy 40x40 patch (by default) with its c
             "image. A positive influence means that removing the patch is predicted to lower the denoising loss "
             "on the whole validation images: the patch is *unfavorable*. The red box shows where it was cut.")
 workspace, store = widgets.open_workspace()
-run_id = widgets.current_run(store)
-run = runs.get_run(store, run_id) if run_id else None
-if run is None or not denoise_queries.is_denoise_run(run):
-    st.info("Select a denoising run in the sidebar, or start one with `curator run --task denoise`.")
-    st.stop()
+run_id = widgets.require_run(store, "denoise")
 
 running = widgets.job_panel(workspace, store, run_id, key="denoise_review")
 if not workspace.has_scores(run_id):

@@ -218,6 +218,18 @@ def test_results_page_table_matches_store(denoise_run, monkeypatch):
         assert f"{label}: {value:.2f} dB" in captions
 
 
+@pytest.mark.parametrize("page", ["denoise_review.py", "denoise_results.py"])
+def test_denoise_pages_guard_empty_workspace(tmp_path, monkeypatch, page):
+    monkeypatch.setenv("CURATOR_WORKSPACE", str(tmp_path / "empty"))
+
+    app = AppTest.from_file(str(ROOT / "run_app.py"), default_timeout=PAGE_TIMEOUT).run()
+    app.switch_page(f"pages/{page}").run()
+
+    assert not app.exception, [element.value for element in app.exception]
+    assert "There are no runs yet" in app.info[0].value
+    assert not app.get("plotly_chart")
+
+
 def test_denoise_run_rejects_missing_folder(tmp_path, capsys):
     code = main(["run", "--workspace", str(tmp_path / "ws"), "--data-dir", str(tmp_path / "missing"), *TINY_DENOISE])
 
