@@ -34,9 +34,9 @@ from core.progress import ProgressFn, report
 from curator import decisions, runs
 from curator.config import RunConfig
 from curator.pipeline import (STAGES, LOSS_DECREASE_WARNING, RunContext, _save_atomic,
-                              apply_default_rule)
+                              apply_default_rule, store_new_run)
 from curator.store import Store
-from curator.workspace import Workspace, new_run_id
+from curator.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -52,14 +52,7 @@ def load_denoise_splits(config: RunConfig) -> DenoisingSplits:
 
 def create_denoise_run(workspace: Workspace, store: Store, config: RunConfig, run_id: Optional[str] = None) -> str:
     """Validate ``config`` by loading its images, store the run, and return its id."""
-    splits = load_denoise_splits(config)
-    run_id = run_id or new_run_id()
-    workspace.run_dir(run_id)
-    runs.insert_run(store, run_id, config, splits.fingerprint)
-    runs.update_run(store, run_id, diagnostics={"dataset": {
-        "train": len(splits.train), "validation": len(splits.val), "test": len(splits.test),
-        "num_classes": splits.num_classes, "class_names": splits.class_names, **splits.info}})
-    return run_id
+    return store_new_run(workspace, store, config, load_denoise_splits(config), run_id)
 
 
 class DenoiseContext(RunContext):

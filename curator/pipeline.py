@@ -65,6 +65,11 @@ def create_run(workspace: Workspace, store: Store, config: RunConfig, run_id: Op
         return create_denoise_run(workspace, store, config, run_id)
     splits = load_splits(config)
     _check_model_settings(config, splits)
+    return store_new_run(workspace, store, config, splits, run_id)
+
+
+def store_new_run(workspace: Workspace, store: Store, config: RunConfig, splits, run_id: Optional[str] = None) -> str:
+    """Create the run's folder and record, with the dataset's sizes and info; return the run id."""
     run_id = run_id or new_run_id()
     workspace.run_dir(run_id)
     runs.insert_run(store, run_id, config, splits.fingerprint)
