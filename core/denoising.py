@@ -7,7 +7,6 @@ same per-sample loss (``mse_losses``), so a validation image counts once however
 
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -21,7 +20,8 @@ from core.datasets.base import iterate_batches
 from core.datasets.denoising import DenoisingFolders, ImageSet, PatchSplit, load_denoising_splits
 from core.models.dncnn import PAPER_DEPTH, PAPER_WIDTH
 from core.progress import ProgressFn, report
-from core.training import TrainConfig, TrainingDivergedError, _make_optimizer
+from core.training import (TrainConfig, _make_optimizer, check_finite_loss, resume_checkpoint,
+                           save_checkpoint)
 
 logger = logging.getLogger(__name__)
 
@@ -181,12 +181,6 @@ def build_pair_augmentation(name: str):
     raise ValueError(f"unknown denoising augmentation {name!r}; use one of {AUGMENTATIONS}")
 
 
-def _save_atomic(obj, path: str) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train_denoiser(model: nn.Module, data: PatchSplit, config: TrainConfig, indices: Optional[np.ndarray] = None,
                    device: Optional[torch.device] = None, progress: Optional[ProgressFn] = None,
                    checkpoint_path: Optional[str] = None, stage: str = "train") -> list:
@@ -205,7 +199,7 @@ def train_denoiser(model: nn.Module, data: PatchSplit, config: TrainConfig, indi
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.milestones),
                                                      gamma=config.gamma)
     augment = build_pair_augmentation(config.augmentation)
-    history = _resume(model, optimizer, scheduler, checkpoint_path, device, stage)
+    history = resume_checkpoint(checkpoint_path, model, optimizer, scheduler, device, stage)
 
     n = len(data) if indices is None else len(indices)
     if n == 0:
@@ -222,11 +216,7 @@ def train_denoiser(model: nn.Module, data: PatchSplit, config: TrainConfig, indi
             if augment is not None:
                 noisy, clean = augment(noisy, clean, generator)
             loss = mse_losses(model(noisy.to(device)), clean.to(device)).mean()
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"{stage}: training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower "
-                    f"the learning rate (now {scheduler.get_last_lr()[0]:g}) or check the images for NaN. "
-                    f"The checkpoint of the last finished epoch ({epoch}) is kept.")
+            check_finite_loss(loss, stage, epoch, step + 1, scheduler, what="images")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -241,20 +231,8 @@ def train_denoiser(model: nn.Module, data: PatchSplit, config: TrainConfig, indi
         history.append({"epoch": epoch + 1, "loss": mean_loss, "psnr": 10 * math.log10(DATA_RANGE ** 2 / mean_loss),
                         "lr": lr, "seconds": time.perf_counter() - started})
         if checkpoint_path:
-            _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "history": history}, checkpoint_path)
+            save_checkpoint(checkpoint_path, model, optimizer, scheduler, history)
     return history
-
-
-def _resume(model, optimizer, scheduler, checkpoint_path: Optional[str], device, stage: str) -> list:
-    if not checkpoint_path or not os.path.exists(checkpoint_path):
-        return []
-    state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    logger.info("resumed %s from epoch %d (%s)", stage, len(state["history"]), checkpoint_path)
-    return list(state["history"])
 
 
 @torch.no_grad()

@@ -83,10 +83,39 @@ def _validation_error(model: nn.Module, val_data, device: torch.device) -> float
     return float(np.mean(predictions != np.asarray(val_data.labels)))
 
 
-def _save_atomic(obj, path: str) -> None:
+def save_checkpoint(path: str, model: nn.Module, optimizer, scheduler, history: list) -> None:
+    """Write the state after a finished epoch to ``path`` through a temporary file, so it is never half-written."""
     tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "history": history}, tmp)
     os.replace(tmp, path)
+
+
+def resume_checkpoint(path: Optional[str], model: nn.Module, optimizer, scheduler, device, stage: str) -> list:
+    """Load a ``save_checkpoint`` file into the objects given and return its history ([] without one)."""
+    if not path or not os.path.exists(path):
+        return []
+    state = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    logger.info("resumed %s from epoch %d (%s)", stage, len(state["history"]), path)
+    return list(state["history"])
+
+
+def check_finite_loss(loss: torch.Tensor, stage: str, epoch: int, step: int, scheduler, what: str = "inputs") -> None:
+    """Raise ``TrainingDivergedError`` naming the fix when ``loss`` is NaN or infinite (``step`` counts from 1)."""
+    if not torch.isfinite(loss):
+        raise diverged_error(stage, loss.item(), epoch, step, scheduler, what)
+
+
+def diverged_error(stage: str, value: float, epoch: int, step: int, scheduler,
+                   what: str = "inputs") -> TrainingDivergedError:
+    """Return the error for a training loss of ``value`` at ``epoch`` (from 0) and ``step`` (from 1)."""
+    return TrainingDivergedError(
+        f"{stage}: training loss became {value} at epoch {epoch + 1}, step {step}; lower the learning "
+        f"rate (now {scheduler.get_last_lr()[0]:g}) or check the {what} for NaN. The checkpoint of the "
+        f"last finished epoch ({epoch}) is kept.")
 
 
 def train(model: nn.Module, data, config: TrainConfig, indices: Optional[np.ndarray] = None,
@@ -115,17 +144,8 @@ def train(model: nn.Module, data, config: TrainConfig, indices: Optional[np.ndar
     if config.schedule == "plateau" and val_data is None:
         raise ValueError("the plateau learning-rate schedule needs val_data to measure validation error")
     augment = build_augmentation(config.augmentation, getattr(data, "normalization", None))
-    history: list = []
-    start_epoch = 0
-
-    if checkpoint_path and os.path.exists(checkpoint_path):
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = list(state["history"])
-        start_epoch = len(history)
-        logger.info("resumed %s from epoch %d (%s)", stage, start_epoch, checkpoint_path)
+    history = resume_checkpoint(checkpoint_path, model, optimizer, scheduler, device, stage)
+    start_epoch = len(history)
 
     n = len(data) if indices is None else len(indices)
     if n == 0:
@@ -146,7 +166,7 @@ def train(model: nn.Module, data, config: TrainConfig, indices: Optional[np.ndar
                 network, data, config, indices, epoch, generator, augment, optimizer, device,
                 on_step=lambda step: report(progress, stage, epoch * steps_per_epoch + step, total_steps,
                                             f"epoch {epoch + 1}/{config.epochs}"),
-                diverged=lambda step, value: _diverged(stage, value, epoch, step, scheduler))
+                diverged=lambda step, value: diverged_error(stage, value, epoch, step, scheduler))
         else:
             for step, (inputs, targets, _) in enumerate(iterate_batches(
                     data, config.batch_size, shuffle=True, generator=generator, indices=indices)):
@@ -157,11 +177,7 @@ def train(model: nn.Module, data, config: TrainConfig, indices: Optional[np.ndar
                 with _autocast(device, config):
                     logits = model(inputs)
                     loss = F.cross_entropy(logits, targets)
-                if not torch.isfinite(loss):
-                    raise TrainingDivergedError(
-                        f"{stage}: training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                        f"lower the learning rate (now {scheduler.get_last_lr()[0]:g}) or check the inputs "
-                        f"for NaN. The checkpoint of the last finished epoch ({epoch}) is kept.")
+                check_finite_loss(loss, stage, epoch, step + 1, scheduler)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -181,17 +197,9 @@ def train(model: nn.Module, data, config: TrainConfig, indices: Optional[np.ndar
             scheduler.step()
         history.append({**record, "seconds": time.perf_counter() - started})
         if checkpoint_path and distributed.is_main():
-            _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "history": history}, checkpoint_path)
+            save_checkpoint(checkpoint_path, model, optimizer, scheduler, history)
 
     return history
-
-
-def _diverged(stage: str, value: float, epoch: int, step: int, scheduler) -> TrainingDivergedError:
-    return TrainingDivergedError(
-        f"{stage}: training loss became {value} at epoch {epoch + 1}, step {step}; lower the learning "
-        f"rate (now {scheduler.get_last_lr()[0]:g}) or check the inputs for NaN. The checkpoint of the "
-        f"last finished epoch ({epoch}) is kept.")
 
 
 def _wrap_for_ranks(model: nn.Module, device: torch.device) -> DistributedDataParallel:
