@@ -216,7 +216,7 @@ def train_denoiser(model: nn.Module, data: PatchSplit, config: TrainConfig, indi
             if augment is not None:
                 noisy, clean = augment(noisy, clean, generator)
             loss = mse_losses(model(noisy.to(device)), clean.to(device)).mean()
-            check_finite_loss(loss, stage, epoch, step + 1, scheduler, what="images")
+            check_finite_loss(loss, stage, epoch, step + 1, scheduler, input_kind="images")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -103,18 +103,18 @@ def resume_checkpoint(path: Optional[str], model: nn.Module, optimizer, schedule
     return list(state["history"])
 
 
-def check_finite_loss(loss: torch.Tensor, stage: str, epoch: int, step: int, scheduler, what: str = "inputs") -> None:
+def check_finite_loss(loss: torch.Tensor, stage: str, epoch: int, step: int, scheduler, input_kind: str = "inputs") -> None:
     """Raise ``TrainingDivergedError`` naming the fix when ``loss`` is NaN or infinite (``step`` counts from 1)."""
     if not torch.isfinite(loss):
-        raise diverged_error(stage, loss.item(), epoch, step, scheduler, what)
+        raise diverged_error(stage, loss.item(), epoch, step, scheduler, input_kind)
 
 
 def diverged_error(stage: str, value: float, epoch: int, step: int, scheduler,
-                   what: str = "inputs") -> TrainingDivergedError:
+                   input_kind: str = "inputs") -> TrainingDivergedError:
     """Return the error for a training loss of ``value`` at ``epoch`` (from 0) and ``step`` (from 1)."""
     return TrainingDivergedError(
         f"{stage}: training loss became {value} at epoch {epoch + 1}, step {step}; lower the learning "
-        f"rate (now {scheduler.get_last_lr()[0]:g}) or check the {what} for NaN. The checkpoint of the "
+        f"rate (now {scheduler.get_last_lr()[0]:g}) or check the {input_kind} for NaN. The checkpoint of the "
         f"last finished epoch ({epoch}) is kept.")
 
 
