@@ -62,15 +62,8 @@ def show_rule_controls() -> None:
         name = name_column.selectbox("Rule", RULES, index=RULES.index(current_name),
                                      format_func=app_state.RULE_TITLES.get, key=f"review_rule_{run_id}",
                                      help=app_state.RULE_HELP)
-        control = app_state.rule_control(name)
-        value = None
-        if control is not None:
-            number = int if control.integer else float
-            value = value_column.number_input(
-                control.label, min_value=number(control.min_value),
-                max_value=None if control.max_value is None else number(control.max_value),
-                value=number(app_state.default_rule_value(name, rule)), step=number(control.step),
-                help=control.help, format=None if control.integer else "%g", key=f"review_value_{run_id}_{name}")
+        value = widgets.rule_value_input(value_column, name, app_state.default_rule_value(name, rule),
+                                         key=f"review_value_{run_id}_{name}")
         cap = cap_column.slider("Per-class cap", min_value=1, max_value=100,
                                 value=round(app_state.default_class_cap(rule) * 100), format="%d%%",
                                 key=f"review_cap_{run_id}", help="The largest share of any class the rule may drop.")

@@ -90,15 +90,8 @@ with rule_column:
     st.markdown("**Drop rule**")
     rule_name = st.selectbox("Rule", RULES, format_func=app_state.RULE_TITLES.get, key="setup_rule",
                              persist_state=SESSION, help=app_state.RULE_HELP)
-    control = app_state.rule_control(rule_name)
-    rule_value = None
-    if control is not None:
-        number = int if control.integer else float
-        rule_value = st.number_input(
-            control.label, min_value=number(control.min_value),
-            max_value=None if control.max_value is None else number(control.max_value),
-            value=number(control.default), step=number(control.step), help=control.help,
-            key=f"setup_rule_value_{rule_name}", persist_state=SESSION)
+    rule_value = widgets.rule_value_input(st, rule_name, None, key=f"setup_rule_value_{rule_name}",
+                                          persist_state=SESSION)
     class_cap = st.slider("Per-class cap", min_value=1, max_value=100, value=33, format="%d%%",
                           key="setup_class_cap", persist_state=SESSION,
                           help="The largest share of any one class the rule may drop.")

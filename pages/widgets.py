@@ -172,3 +172,19 @@ def require_run(store: Store, task: str) -> str:
         st.stop()
     require_task(store, run_id, task)
     return run_id
+
+
+def rule_value_input(container, rule_name: str, default, key: str, **options):
+    """Draw the number input of ``rule_name``'s parameter in ``container``; return its value (None if it has none).
+
+    ``default`` None takes the rule's own default. ``options`` go to ``number_input``.
+    """
+    control = app_state.rule_control(rule_name)
+    if control is None:
+        return None
+    number = int if control.integer else float
+    return container.number_input(
+        control.label, min_value=number(control.min_value),
+        max_value=None if control.max_value is None else number(control.max_value),
+        value=number(control.default if default is None else default), step=number(control.step),
+        help=control.help, format=None if control.integer else "%g", key=key, **options)
