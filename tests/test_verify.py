@@ -1,5 +1,8 @@
 """Leave-one-out verification: sample choice, paired retraining, agreement with theory, the store and the CLI."""
 
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,12 +11,13 @@ import torch.nn.functional as F
 from core.datasets import load_dataset
 from core.influence import cross_entropy_losses, influence_scores
 from core.verify import RetrainSettings, choose_samples, paired_retrain, verify_influence
-from curator import verify
+from curator import jobs, verify
 from curator.cli import main
 from curator.config import RunConfig
 from curator.pipeline import create_run, run_stages
 from curator.store import Store
 from curator.workspace import Workspace
+from streamlit.testing.v1 import AppTest
 from influence_reference import fit_softmax_regression, logreg_with, one_thread  # noqa: F401
 
 
@@ -174,3 +178,27 @@ def test_cli_verify_prints_correlations(scored_run, capsys):
 
     assert code == 0
     assert "Pearson" in capsys.readouterr().out
+
+
+def test_review_panel_runs_check_and_shows_result(tmp_path, monkeypatch):
+    workspace = Workspace(tmp_path / "workspace")
+    store = Store(workspace)
+    run_id = create_run(workspace, store, RunConfig(model="logreg", epochs=2, damping=0.1))
+    run_stages(workspace, store, run_id, ("round1", "score"))
+    monkeypatch.setenv("CURATOR_WORKSPACE", str(workspace.root))
+    app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "run_app.py"), default_timeout=180).run()
+    app.switch_page("pages/review.py").run()
+
+    app.number_input(key=f"verify_k_{run_id}").set_value(2).run()
+    app.button(key=f"verify_start_{run_id}").click().run()
+    deadline = time.monotonic() + 300
+    while jobs.verification_running(workspace, run_id) and time.monotonic() < deadline:
+        time.sleep(1)
+    app.run()
+    stored = verify.latest_verification(store, run_id)
+    captions = "\n".join(element.value for element in app.caption)
+
+    assert not app.exception, [element.value for element in app.exception]
+    assert len(stored) == 3 * 2
+    assert stored.attrs["k"] == 2
+    assert "Mode warm, K = 2" in captions
