@@ -89,7 +89,10 @@ class ExperimentConfig:
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds {seeds} repeat a value; each seed must be different")
         self.seeds = seeds
-        RunConfig.from_dict(self.run)
+        if RunConfig.from_dict(self.run).task != "classification":
+            raise ValueError(f"experiments compare classification test error, and this run's task is "
+                             f"{self.run['task']!r}; compare denoising rounds on the Denoising results page "
+                             f"or with `curator results`")
         for name, rule in self.extra_rules.items():
             check_run_id(name)
             DropRule.from_dict(rule)

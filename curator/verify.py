@@ -62,6 +62,9 @@ def run_verification(workspace: Workspace, store: Store, run_id: str, k: int = 1
     if mode not in MODES:
         raise ValueError(f"unknown verification mode {mode!r}; choose one of {MODES}")
     ctx = RunContext(workspace, store, run_id, progress)
+    if ctx.config.task != "classification":
+        raise ValueError(f"leave-one-out verification retrains classifiers, and run {run_id} is a "
+                         f"{ctx.config.task} run; verify a classification run instead")
     scores = _read_scores(store, workspace, run_id)
     splits = ctx.splits
     if len(scores) != len(splits.train):

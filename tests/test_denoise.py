@@ -230,6 +230,20 @@ def test_denoise_pages_guard_empty_workspace(tmp_path, monkeypatch, page):
     assert not app.get("plotly_chart")
 
 
+def test_verify_and_experiment_reject_denoise(denoise_run, capsys):
+    workspace, _, run_id, _ = denoise_run
+
+    verify_code = main(["verify", "--workspace", str(workspace.root), "--run", run_id, "--k", "2"])
+    verify_error = capsys.readouterr().err
+    experiment_code = main(["experiment", "--workspace", str(workspace.root), "--seeds", "2", *TINY_DENOISE])
+    experiment_error = capsys.readouterr().err
+
+    assert verify_code == 2
+    assert f"run {run_id} is a denoise run" in verify_error
+    assert experiment_code == 2
+    assert "this run's task is 'denoise'" in experiment_error
+
+
 def test_denoise_run_rejects_missing_folder(tmp_path, capsys):
     code = main(["run", "--workspace", str(tmp_path / "ws"), "--data-dir", str(tmp_path / "missing"), *TINY_DENOISE])
 
