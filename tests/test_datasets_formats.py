@@ -409,3 +409,23 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
 
     with pytest.raises(DatasetError, match=r"data_batch_2 is not a readable CIFAR batch file.*posix\.getcwd"):
         load_dataset("cifar10", seed=0, data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"x,y\n1,2\n", "not a zip archive"),
+    (b"\x93NUMPY\x01\x00" + b"\x00" * 64, "a single .npy array"),
+    (b"PK\x03\x04truncated", "could not be read as a NumPy .npz archive"),
+])
+def test_npz_not_an_archive_named(tmp_path, capsys, content, expected):
+    path = tmp_path / "bad.npz"
+    path.write_bytes(content)
+    code = main(["run", "--workspace", str(tmp_path / "ws"), "--dataset", "npz", "--data-dir", str(path),
+                 *TINY_RUN])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{path} " in err
+    assert expected in err
+    assert "allow_pickle" not in err
+    assert "Traceback" not in err
+    assert path.read_bytes() == content

@@ -13,6 +13,8 @@ The file is opened with ``allow_pickle=False``.
 
 import logging
 import os
+import zipfile
+import zlib
 from typing import Optional
 
 import numpy as np
@@ -44,6 +46,28 @@ def find_file(data_dir, file: Optional[str]) -> str:
         raise DatasetNotFoundError(f"folder {path} contains {len(found)} .npz files ({found[:5]}); pass data_dir as "
                                    f"the file itself or the dataset option file=NAME")
     raise DatasetNotFoundError(f"npz file {path} not found; pass the path of an .npz file as data_dir")
+
+
+def _open_archive(path: str):
+    """Open ``path`` with ``np.load``, raising ``DatasetError`` unless it is a readable zip of arrays.
+
+    ``np.load`` treats any file that is neither zip nor ``.npy`` as a pickle and, with
+    ``allow_pickle=False``, reports "pickled (object) data". That wording is wrong for a text file,
+    so the zip signature is checked first.
+    """
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        kind = "a single .npy array" if magic == b"\x93NUM" else "not a zip archive"
+        raise DatasetError(f"{path} is not a NumPy .npz archive ({kind}); write one with "
+                           f"numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...) or "
+                           f"numpy.savez(path, x=..., y=...)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DatasetError(f"{path} could not be read as a NumPy .npz archive ({type(error).__name__}: "
+                           f"{error}); it may be truncated or damaged, so write it again with "
+                           f"numpy.savez") from error
 
 
 def to_nchw(images: np.ndarray, key: str, path: str) -> np.ndarray:
@@ -105,7 +129,7 @@ def load_npz(seed: int = 0, data_dir=None, file: Optional[str] = None, class_nam
     ``x``/``y`` files), the position in each array.
     """
     path = find_file(data_dir, file)
-    with np.load(path, allow_pickle=False) as archive:
+    with _open_archive(path) as archive:
         keys = set(archive.files)
         if {"x_train", "y_train", "x_test", "y_test"} <= keys:
             layout = {"train": ["x_train", "y_train"], "test": ["x_test", "y_test"]}
