@@ -11,6 +11,14 @@ from curator.store import Store
 STATUSES = ("created", "running", "scored", "done", "failed")
 
 
+class RunNotFoundError(KeyError):
+    """No run with the requested id is stored. A ``KeyError``, so existing ``except KeyError`` callers still match."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ returns repr() of the message, which wraps it in a second pair of quotes.
+        return str(self.args[0]) if self.args else ""
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now()
 
@@ -32,7 +40,7 @@ def update_run(store: Store, run_id: str, status: Optional[str] = None, stage: O
     with store.connect() as connection:
         row = connection.execute("SELECT diagnostics, timings FROM runs WHERE run_id = ?", [run_id]).fetchone()
         if row is None:
-            raise KeyError(f"run {run_id!r} not found")
+            raise RunNotFoundError(f"run {run_id!r} not found in {store.path}")
         merged_diagnostics = {**json.loads(row[0] or "{}"), **(diagnostics or {})}
         merged_timings = {**json.loads(row[1] or "{}"), **(timings or {})}
         connection.execute(
@@ -46,7 +54,7 @@ def get_run(store: Store, run_id: str) -> dict:
     """Return the run as a dict with ``config``, ``diagnostics`` and ``timings`` decoded."""
     frame = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
     if frame.empty:
-        raise KeyError(f"run {run_id!r} not found in {store.path}; list runs with `curator results --list`")
+        raise RunNotFoundError(f"run {run_id!r} not found in {store.path}; list runs with `curator results --list`")
     run = frame.iloc[0].to_dict()
     for key in ("config", "diagnostics", "timings"):
         run[key] = json.loads(run[key]) if run[key] else {}

@@ -82,3 +82,20 @@ def test_export_unknown_format(tmp_path, capsys):
         main(["export", "--workspace", str(tmp_path), "--format", "xlsx", "--output", str(tmp_path / "a.xlsx")])
 
     assert "invalid choice: 'xlsx'" in capsys.readouterr().err
+
+
+def test_unknown_run_message_quoted_once(tmp_path, capsys):
+    Store(Workspace(tmp_path))
+    code = main(["results", "--workspace", str(tmp_path), "--run", "nosuch"])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"error: run 'nosuch' not found in {tmp_path / 'curator.duckdb'}; list runs with" in err
+    assert '"' not in err
+
+
+def test_unknown_run_still_keyerror(tmp_path):
+    from curator import runs
+
+    with pytest.raises(KeyError, match="run 'nosuch' not found"):
+        runs.get_run(Store(Workspace(tmp_path)), "nosuch")
