@@ -564,15 +564,25 @@ def main(argv=None) -> int:
     handlers = {"run": _command_run, "resume": _command_resume, "export": _command_export,
                 "results": _command_results, "app": _command_app, "verify": _command_verify,
                 "experiment": _command_experiment, "score": _command_score}
-    if _launched_with_ranks():
-        from core import distributed
+    try:
+        if _launched_with_ranks():
+            from core import distributed
 
-        distributed.setup()
-        try:
-            return _dispatch(args, handlers)
-        finally:
-            distributed.teardown()
-    return _dispatch(args, handlers)
+            distributed.setup()
+            try:
+                return _dispatch(args, handlers)
+            finally:
+                distributed.teardown()
+        code = _dispatch(args, handlers)
+        sys.stdout.flush()  # so a closed pipe raises here and not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) closed stdout early. Point stdout at devnull so the final
+        # flush at exit cannot raise again, and exit like other Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
 
 
 def _dispatch(args, handlers) -> int:

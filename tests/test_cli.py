@@ -99,3 +99,19 @@ def test_unknown_run_still_keyerror(tmp_path):
 
     with pytest.raises(KeyError, match="run 'nosuch' not found"):
         runs.get_run(Store(Workspace(tmp_path)), "nosuch")
+
+
+def test_results_closed_pipe_exits_quietly(tmp_path, capsys, monkeypatch):
+    import os
+    import sys
+
+    Store(Workspace(tmp_path))
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    closed_pipe = open(write_end, "w")
+    monkeypatch.setattr(sys, "stdout", closed_pipe)
+    code = main(["results", "--workspace", str(tmp_path), "--list", "--format", "json"])
+    closed_pipe.close()
+
+    assert code == 1
+    assert "BrokenPipeError" not in capsys.readouterr().err
