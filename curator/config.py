@@ -1,6 +1,7 @@
 """Run configuration: everything that determines a run's results, stored with the run as JSON."""
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -70,12 +71,13 @@ class RunConfig:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if not 0 <= self.label_noise < 1:
             raise ValueError(f"label noise {self.label_noise} must be in [0, 1)")
-        if self.damping < 0:
-            raise ValueError(f"damping {self.damping} must be >= 0")
+        if not (math.isfinite(self.damping) and self.damping >= 0):
+            raise ValueError(f"damping {self.damping} must be a finite number >= 0, e.g. 0.1")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if not 0 < self.lr <= MAX_LR:
+            raise ValueError(f"learning rate must be > 0 and at most {MAX_LR:g}, got {self.lr}; "
+                             f"typical values are 1e-4 to 0.1")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.test_crops not in (1, 10):
@@ -86,7 +88,7 @@ class RunConfig:
         if self.noise_pairs:
             self.noise_pairs = [list(pair) for pair in parse_noise_pairs(self.noise_pairs)]
         if self.max_train_samples is not None and self.max_train_samples < 2:
-            raise ValueError(f"max_train_samples must be at least 2 (one per class), got {self.max_train_samples}")
+            raise ValueError(f"max_train_samples must be at least 2, and at least one per class, got {self.max_train_samples}")
         if self.lr_schedule not in ("multistep", "plateau"):
             raise ValueError(f"lr_schedule must be 'multistep' or 'plateau', got {self.lr_schedule!r}")
         if self.solver != "paper":
@@ -140,6 +142,8 @@ class RunConfig:
         return cls(**data)
 
 
+#: The largest learning rate a run accepts: far above any useful value, and far below float32 overflow.
+MAX_LR = 1e3
 TASKS = ("classification", "denoise")
 #: The preset a denoising run starts from unless another is chosen: the paper's recipe, CPU-sized.
 DENOISE_PRESET = "dncnn-denoise-cpu"

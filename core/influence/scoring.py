@@ -15,6 +15,7 @@ forward-mode pass (``torch.func.jvp``) scores a whole batch without keeping per-
 """
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -104,8 +105,8 @@ def solve_direction(problem: InfluenceProblem, val, solver: str = defaults.SOLVE
     ``checkpoint_path`` (CG only; other solvers ignore it) saves CG's state after every iteration,
     and a later call with the same problem, data and settings continues from it.
     """
-    if damping < 0:
-        raise ValueError(f"damping {damping} must be >= 0")
+    if not (math.isfinite(damping) and damping >= 0):
+        raise ValueError(f"damping {damping} must be a finite number >= 0, e.g. 0.1")
     started = time.perf_counter()
     gradient = problem.loss_gradient_sum(val)
     training_norm = float(problem.training_gradient().norm())

@@ -36,6 +36,26 @@ class InverseHVPSolver:
         raise NotImplementedError(f"{type(self).__name__} must override solve")
 
 
+def checked_option(solver: str, option: str, value, integer: bool = False, minimum: float = 0,
+                   above: bool = False):
+    """Return ``value`` as an int or float if it is finite and ``>= minimum`` (``> minimum`` with ``above``).
+
+    Raises ``ValueError`` naming the solver, the option and the value otherwise, so a mistyped
+    ``--solver-option`` fails before any training starts.
+    """
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if number and integer:
+        number = float(value).is_integer()
+    if number:
+        number = value > minimum if above else value >= minimum
+    if not number:
+        kind = "an integer" if integer else "a number"
+        bound = f"> {minimum:g}" if above else f">= {minimum:g}"
+        raise ValueError(f"solver {solver!r} option {option}={value!r} is invalid: it must be {kind} {bound}; "
+                         f"fix --solver-option {option}=...")
+    return int(value) if integer else float(value)
+
+
 def _indefinite_message(damping: float, value: float, curvature: str) -> str:
     fix = "raise damping above that eigenvalue's magnitude"
     if curvature == "hessian":
@@ -78,8 +98,8 @@ class ExactSolver(InverseHVPSolver):
     name = "exact"
 
     def __init__(self, max_params: int = 10_000, chunk: int = 64):
-        self.max_params = max_params
-        self.chunk = chunk
+        self.max_params = checked_option("exact", "max_params", max_params, integer=True, minimum=1)
+        self.chunk = checked_option("exact", "chunk", chunk, integer=True, minimum=1)
 
     def hessian(self, problem: InfluenceProblem, progress: Optional[ProgressFn] = None) -> torch.Tensor:
         """Return the ``P x P`` curvature matrix of the mean training loss (symmetrised)."""
@@ -158,8 +178,8 @@ class ConjugateGradientSolver(InverseHVPSolver):
     name = "cg"
 
     def __init__(self, tol: float = defaults.CG_TOL, max_iter: int = defaults.CG_MAX_ITER):
-        self.tol = tol
-        self.max_iter = max_iter
+        self.tol = checked_option("cg", "tol", tol, minimum=0)
+        self.max_iter = checked_option("cg", "max_iter", max_iter, integer=True, minimum=1)
 
     def _check_curvature(self, curvature, p, largest, damping, problem, iteration) -> float:
         if not torch.isfinite(curvature):
@@ -325,16 +345,18 @@ class LissaSolver(InverseHVPSolver):
     name = "lissa"
 
     def __init__(self, depth: int = defaults.LISSA_DEPTH, repeats: int = defaults.LISSA_REPEATS,
-                 scale: Optional[float] = None, batch_size: int = defaults.LISSA_BATCH_SIZE, tol: float = 1e-6, seed: int = 0, power_iterations: int = 20,
-                 warn_residual: float = 0.5, check_residual: bool = True):
-        self.depth = depth
-        self.repeats = repeats
-        self.scale = scale
-        self.batch_size = batch_size
-        self.tol = tol
-        self.seed = seed
-        self.power_iterations = power_iterations
-        self.warn_residual = warn_residual
+                 scale: Optional[float] = None, batch_size: int = defaults.LISSA_BATCH_SIZE, tol: float = 1e-6,
+                 seed: int = 0, power_iterations: int = 20, warn_residual: float = 0.5, check_residual: bool = True):
+        self.depth = checked_option("lissa", "depth", depth, integer=True, minimum=1)
+        self.repeats = checked_option("lissa", "repeats", repeats, integer=True, minimum=1)
+        self.scale = None if scale is None else checked_option("lissa", "scale", scale, minimum=0, above=True)
+        self.batch_size = checked_option("lissa", "batch_size", batch_size, integer=True, minimum=1)
+        self.tol = checked_option("lissa", "tol", tol, minimum=0)
+        self.seed = checked_option("lissa", "seed", seed, integer=True, minimum=0)
+        self.power_iterations = checked_option("lissa", "power_iterations", power_iterations, integer=True, minimum=1)
+        self.warn_residual = checked_option("lissa", "warn_residual", warn_residual, minimum=0)
+        if not isinstance(check_residual, bool):
+            raise ValueError(f"solver 'lissa' option check_residual={check_residual!r} must be true or false")
         self.check_residual = check_residual
 
     def _random_batches(self, problem: InfluenceProblem, generator: torch.Generator):

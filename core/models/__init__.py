@@ -22,7 +22,7 @@ def _build_small_cnn(num_classes: int, in_channels: int, image_size: tuple, **op
 
 
 def _build_logreg(num_classes: int, in_channels: int, image_size: tuple, **options) -> nn.Module:
-    return LogisticRegression(num_classes=num_classes, num_features=in_channels * math.prod(image_size))
+    return LogisticRegression(num_classes=num_classes, num_features=in_channels * math.prod(image_size), **options)
 
 
 def _build_dncnn(num_classes: int, in_channels: int, image_size: tuple, **options) -> nn.Module:
@@ -43,11 +43,17 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_si
     """Build model ``name``; with ``seed`` the initial weights are the same on every call."""
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(BUILDERS)}")
-    if seed is None:
-        return BUILDERS[name](num_classes, in_channels, tuple(image_size), **options)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return BUILDERS[name](num_classes, in_channels, tuple(image_size), **options)
+    try:
+        if seed is None:
+            return BUILDERS[name](num_classes, in_channels, tuple(image_size), **options)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return BUILDERS[name](num_classes, in_channels, tuple(image_size), **options)
+    except TypeError as error:
+        if "unexpected keyword argument" not in str(error):
+            raise
+        raise ValueError(f"model {name!r} does not take the option(s) {sorted(options)} ({error}); "
+                         f"remove them (--model-option) or choose a model that has them") from None
 
 
 def register_model(name: str, builder: Callable) -> None:
