@@ -109,6 +109,22 @@ def check_finite_loss(loss: torch.Tensor, stage: str, epoch: int, step: int, sch
         raise diverged_error(stage, loss.item(), epoch, step, scheduler, input_kind)
 
 
+def check_above_chance(history: list, num_classes: int, stage: str, lr: float) -> None:
+    """Raise ``TrainingDivergedError`` when training ended with a cross-entropy far above chance level.
+
+    Predicting every class with equal probability gives a loss of ``ln(num_classes)``. A final
+    training loss above twice that means the optimisation diverged without reaching NaN (too large
+    a learning rate, for example), and a model in that state has no minimum for influence to use.
+    """
+    if not history or num_classes < 2:
+        return
+    final, chance = history[-1]["loss"], math.log(num_classes)
+    if final > 2 * chance:
+        raise TrainingDivergedError(
+            f"{stage}: training ended with loss {final:.3g}, more than twice the {chance:.3g} of guessing every "
+            f"class equally; training diverged. Lower the learning rate (now {lr:g}) and start a new run")
+
+
 def diverged_error(stage: str, value: float, epoch: int, step: int, scheduler,
                    input_kind: str = "inputs") -> TrainingDivergedError:
     """Return the error for a training loss of ``value`` at ``epoch`` (from 0) and ``step`` (from 1)."""

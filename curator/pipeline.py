@@ -32,7 +32,7 @@ from core.influence import select_parameters, training_gradient_norm
 from core.models import build_model
 from core.progress import ProgressFn, report
 from core.ten_crop import ten_crop_test_split
-from core.training import train
+from core.training import check_above_chance, train
 from curator import decisions, queries, runs
 from curator.config import RunConfig
 from curator.store import Store
@@ -179,6 +179,7 @@ def run_round1(ctx: RunContext) -> dict:
     history = train(model, ctx.splits.train, ctx.config.train_config(1), device=ctx.device,
                     progress=ctx.progress, checkpoint_path=str(ctx.dir / "round1.ckpt"), stage="round1",
                     val_data=ctx.splits.val)
+    check_above_chance(history, ctx.splits.num_classes, "round1", ctx.config.lr)
     reports = distributed.main_only(_record_training, ctx, 1, history, model, len(ctx.splits.train), None)
     distributed.main_only(_save_atomic, model.state_dict(), ctx.dir / "round1.pt")
     _update_run(ctx, timings={"round1_seconds": time.perf_counter() - started},
@@ -334,6 +335,7 @@ def run_round2(ctx: RunContext, approval_id: Optional[int] = None) -> dict:
     checkpoint = ctx.dir / f"round2-{approval['approval_id']}.ckpt"
     history = train(model, ctx.splits.train, ctx.config.train_config(2), indices=kept, device=ctx.device,
                     progress=ctx.progress, checkpoint_path=str(checkpoint), stage="round2", val_data=ctx.splits.val)
+    check_above_chance(history, ctx.splits.num_classes, "round2", ctx.config.lr)
     reports = distributed.main_only(_record_training, ctx, 2, history, model, len(kept),
                                     int(approval["approval_id"]))
     distributed.main_only(_save_atomic, model.state_dict(), ctx.dir / f"round2-{approval['approval_id']}.pt")
