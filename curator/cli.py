@@ -334,6 +334,7 @@ def _run_job(workspace, store, run_id, stages, approval_id=None, quiet=True):
 
     folder = workspace.run_dir(run_id)
     main_rank = _is_main_rank()
+    lock = _lock_run(folder, run_id) if main_rank else None
     if main_rank:
         (folder / "job.pid").write_text(str(os.getpid()))
     bar = _ProgressBar(not quiet and main_rank)
@@ -342,6 +343,27 @@ def _run_job(workspace, store, run_id, stages, approval_id=None, quiet=True):
         run_stages(workspace, store, run_id, stages, progress, approval_id)
     finally:
         bar.close()
+        if lock is not None:
+            lock.close()
+
+
+def _lock_run(folder: Path, run_id: str):
+    """Return the open lock file of the run's job; raise ``RuntimeError`` when another process holds it.
+
+    The operating system releases the lock when its holder exits, killed or not, so a crashed job
+    never blocks a later resume.
+    """
+    import fcntl
+
+    handle = open(folder / "job.lock", "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        holder = (folder / "job.pid").read_text().strip() if (folder / "job.pid").exists() else "another process"
+        raise RuntimeError(f"run {run_id} is already being worked on by process {holder}; wait for it to "
+                           f"finish, or stop it (kill {holder}) and then resume") from None
+    return handle
 
 
 def _print_summary(results: dict) -> None:
@@ -421,10 +443,16 @@ def _record_requested_stages(workspace, store, run_id, stages) -> None:
 
 def _command_resume(args) -> int:
     from core import distributed
+    from curator import runs
     from curator.results import run_results
 
     workspace, store = _open(args)
     stages = distributed.main_only(_stages_to_resume, store, args.run)
+    status = distributed.main_only(lambda: runs.get_run(store, args.run)["status"])
+    if status == "done" or (status == "scored" and "round2" not in stages):
+        if _is_main_rank():
+            print(f"run {args.run} has already finished (status {status}); nothing to resume")
+        return 0
     _run_job(workspace, store, args.run, stages, quiet=False)
     if _is_main_rank():
         _print_summary(run_results(store, workspace, args.run))
@@ -442,12 +470,15 @@ def _command_score(args) -> int:
     main_rank = _is_main_rank()
     bar = _ProgressBar(not args.quiet and main_rank)
     folder = workspace.run_dir(run_id)
+    lock = _lock_run(folder, run_id) if main_rank else None
     if main_rank:
         (folder / "job.pid").write_text(str(os.getpid()))
     try:
         rescore_run(workspace, store, run_id, ProgressFile(folder / "progress.json", echo=bar) if main_rank else None)
     finally:
         bar.close()
+        if lock is not None:
+            lock.close()
     if main_rank:
         _print_summary(run_results(store, workspace, run_id))
     return 0

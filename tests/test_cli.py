@@ -27,7 +27,7 @@ def test_negative_damping_rejected(tmp_path, capsys):
     code = main(["run", "--workspace", str(tmp_path), "--damping", "-1", "--quiet"])
 
     assert code == 2
-    assert "damping -1.0 must be >= 0" in capsys.readouterr().err
+    assert "damping -1.0 must be a finite number >= 0" in capsys.readouterr().err
 
 
 def test_unknown_solver_option_named(tmp_path, capsys):
@@ -68,6 +68,12 @@ def test_damaged_database_named(tmp_path, capsys):
     (["--lr", "-1"], "learning rate must be > 0"),
     (["--model", "nope"], "unknown model 'nope'"),
     (["--params", "nonsense"], "matches no parameter"),
+    (["--lr", "1e38"], "at most 1000"),
+    (["--damping", "nan"], "damping nan must be a finite number"),
+    (["--solver-option", "tol=abc"], "option tol='abc' is invalid"),
+    (["--solver-option", "max_iter=-5"], "option max_iter=-5 is invalid"),
+    (["--solver", "lissa", "--solver-option", "scale=0"], "option scale=0 is invalid"),
+    (["--model-option", "dropout=5"], "does not take the option(s) ['dropout']"),
 ])
 def test_bad_settings_store_no_run(tmp_path, capsys, option, message):
     code = main(["run", "--workspace", str(tmp_path), "--quiet", *option])
@@ -99,6 +105,55 @@ def test_unknown_run_still_keyerror(tmp_path):
 
     with pytest.raises(KeyError, match="run 'nosuch' not found"):
         runs.get_run(Store(Workspace(tmp_path)), "nosuch")
+
+
+def _tiny_run(workspace, *extra) -> str:
+    from curator import runs
+
+    assert main(["run", "--workspace", str(workspace), "--quiet", "--model", "logreg", "--epochs", "1", *extra]) == 0
+    return runs.latest_run_id(Store(Workspace(workspace)))
+
+
+def test_resume_refused_while_run_is_locked(tmp_path, capsys):
+    import fcntl
+
+    from curator import runs
+
+    run_id = _tiny_run(tmp_path, "--no-round2")
+    folder = Workspace(tmp_path).run_dir(run_id)
+    runs.update_run(Store(Workspace(tmp_path)), run_id, status="failed")
+    with open(folder / "job.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code = main(["resume", "--workspace", str(tmp_path), "--run", run_id])
+
+    assert code == 2
+    assert f"run {run_id} is already being worked on by process" in capsys.readouterr().err
+
+
+def test_resume_of_finished_run_changes_nothing(tmp_path, capsys):
+    from curator import runs
+
+    run_id = _tiny_run(tmp_path)
+    before = runs.get_run(Store(Workspace(tmp_path)), run_id)
+    capsys.readouterr()
+
+    code = main(["resume", "--workspace", str(tmp_path), "--run", run_id])
+    after = runs.get_run(Store(Workspace(tmp_path)), run_id)
+
+    assert code == 0
+    assert "has already finished (status done); nothing to resume" in capsys.readouterr().out
+    assert after["timings"] == before["timings"]
+
+
+def test_diverged_training_fails_with_clear_error(tmp_path, capsys):
+    from curator import runs
+
+    code = main(["run", "--workspace", str(tmp_path), "--quiet", "--epochs", "2", "--lr", "1000"])
+    run = runs.get_run(Store(Workspace(tmp_path)), runs.latest_run_id(Store(Workspace(tmp_path))))
+
+    assert code == 2
+    assert "training diverged. Lower the learning rate (now 1000)" in capsys.readouterr().err
+    assert run["status"] == "failed"
 
 
 def test_results_closed_pipe_exits_quietly(tmp_path, capsys, monkeypatch):
