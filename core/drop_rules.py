@@ -100,9 +100,9 @@ class DropRule:
         elif self.name == "threshold":
             text = f"drop samples with influence > {self.value:g}"
         elif self.name == "top_k":
-            text = f"drop the {int(self.value)} most unfavorable samples"
+            text = f"drop the {int(self.value)} most unfavorable samples (those with influence > 0 only)"
         elif self.name == "top_fraction":
-            text = f"drop the most unfavorable {self.value:.1%}"
+            text = f"drop the most unfavorable {self.value:.1%} (those with influence > 0 only)"
         else:
             text = (f"validated: drop the top k chosen on held-out validation halves "
                     f"(at most {self.value:.0%} of the data)")

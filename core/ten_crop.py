@@ -59,9 +59,9 @@ def ten_crop_test_split(splits: DatasetSplits):
     files = splits.test_files
     if files is None:
         raise ValueError(f"ten-crop evaluation needs a dataset read from image files (imagefolder or csv), "
-                         f"got {splits.name!r}; set test_crops to 1")
+                         f"got {splits.name!r}; set test crops to 1 (--test-crops 1)")
     size, resize = tuple(files.spec.size), files.spec.resize
     if resize is None or resize <= max(size):
         raise ValueError(f"ten-crop evaluation needs the dataset option resize larger than image_size {list(size)}, "
-                         f"got resize {resize}; set resize (256 for 224 crops) or set test_crops to 1")
+                         f"got resize {resize}; set resize (256 for 224 crops) or set test crops to 1 (--test-crops 1)")
     return files.resized((resize, resize), resize)

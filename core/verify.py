@@ -67,7 +67,9 @@ class RetrainSettings:
 
     def __post_init__(self):
         if self.epochs < 1:
-            raise ValueError(f"retraining needs at least 1 epoch, got {self.epochs}")
+            raise ValueError(f"retraining needs at least 1 epoch, got {self.epochs}; set --epochs 1 or more")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"the retraining learning rate must be a finite number > 0, got {self.lr}; fix --lr")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'adam' or 'sgd'")
 

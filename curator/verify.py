@@ -33,10 +33,11 @@ def retrain_settings(ctx: RunContext, mode: str, epochs: Optional[int] = None,
                      lr: Optional[float] = None) -> RetrainSettings:
     """Return the retraining settings of ``mode`` for the run: round 1's, shortened for "warm"."""
     round1 = ctx.config.train_config(1)
-    if mode == "warm":
-        epochs = epochs or WARM_EPOCHS
-        lr = lr or round1.lr * WARM_LR_FACTOR
-    return RetrainSettings(epochs=epochs or round1.epochs, lr=lr or round1.lr, optimizer=round1.optimizer,
+    if epochs is None:
+        epochs = WARM_EPOCHS if mode == "warm" else round1.epochs
+    if lr is None:
+        lr = round1.lr * WARM_LR_FACTOR if mode == "warm" else round1.lr
+    return RetrainSettings(epochs=epochs, lr=lr, optimizer=round1.optimizer,
                            momentum=round1.momentum, weight_decay=round1.weight_decay,
                            batch_size=round1.batch_size, seed=round1.seed)
 

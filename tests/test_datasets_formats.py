@@ -391,7 +391,7 @@ def test_pipeline_records_ten_crop_test_error(tmp_path, format_dirs):
 def test_ten_crop_on_arrays_rejected_before_storing(tmp_path, capsys):
     assert main(["run", "--workspace", str(tmp_path), "--test-crops", "10", *TINY_RUN]) != 0
 
-    assert "set test_crops to 1" in capsys.readouterr().err
+    assert "set test crops to 1 (--test-crops 1)" in capsys.readouterr().err
     assert runs.latest_run_id(Store(Workspace(tmp_path))) is None
 
 

@@ -202,3 +202,18 @@ def test_review_panel_runs_check_and_shows_result(tmp_path, monkeypatch):
     assert len(stored) == 3 * 2
     assert stored.attrs["k"] == 2
     assert "Mode warm, K = 2" in captions
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--epochs", "0"], "retraining needs at least 1 epoch, got 0"),
+    (["--lr", "-1"], "retraining learning rate must be a finite number > 0, got -1.0"),
+])
+def test_cli_verify_rejects_bad_retraining(scored_run, capsys, option, message):
+    workspace, store, run_id = scored_run
+    before = len(verify.latest_verification(store, run_id))
+
+    code = main(["verify", "--workspace", str(workspace.root), "--run", run_id, "--k", "2", *option])
+
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert len(verify.latest_verification(store, run_id)) == before
