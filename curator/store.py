@@ -9,12 +9,13 @@ write them as Parquet files in the run's folder, which queries read with ``read_
 
 import contextlib
 import logging
+import os
 import random
 import time
 
 import duckdb
 
-from curator.workspace import Workspace
+from curator.workspace import Workspace, WorkspaceNotWritableError
 
 logger = logging.getLogger(__name__)
 
@@ -156,27 +157,75 @@ class StoreDamagedError(RuntimeError):
     """The database file exists but DuckDB cannot open it."""
 
 
+class StoreNotWritableError(WorkspaceNotWritableError):
+    """This user may not open the database file, or tried to write it or its folder without permission."""
+
+
+# Fragments of DuckDB error messages that mean "this user cannot write here" (duckdb 1.x wording).
+_DENIED = ("permission denied", "read-only file system")
+_READ_ONLY = "attached in read-only mode"
+
+
+def _write_denied(error: BaseException, path) -> bool:
+    """Return True for a DuckDB error about writing ``path`` (or its ``.wal``) without permission.
+
+    A denied read of another file, such as a run's Parquet scores, is not matched.
+    """
+    if not isinstance(error, duckdb.Error):
+        return False
+    message = str(error).lower()
+    if _READ_ONLY in message:
+        return True
+    return str(path).lower() in message and any(part in message for part in _DENIED)
+
+
 class Store:
-    """Brief, retried connections to the workspace's DuckDB file."""
+    """Brief, retried connections to the workspace's DuckDB file.
+
+    When this user cannot write the file or its folder, connections open it with ``read_only=True``
+    so that reading commands still work. A write then raises ``StoreNotWritableError``.
+    """
 
     def __init__(self, workspace: Workspace, timeout: float = 20.0):
         self.workspace = workspace
         self.path = workspace.database
         self.timeout = timeout
+        self.read_only = self.path.exists() and not self._writable()
+        if self.read_only:
+            # NOTE: the schema is not brought up to date here, so a table added since the file was
+            # written is missing until someone with write access opens it.
+            logger.info("opening %s read-only: this user cannot write it or its folder", self.path)
+            return
         with self.connect() as connection:
             connection.execute(SCHEMA)
 
+    def _writable(self) -> bool:
+        """Return True when this user can write the file and the folder that takes DuckDB's ``.wal`` file."""
+        return os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
+
+    def _not_writable(self, error: Exception, problem: str = "is not writable") -> StoreNotWritableError:
+        return StoreNotWritableError(
+            f"the workspace database {self.path} {problem} by this user ({error}); choose a "
+            f"folder you can write to with --workspace or $CURATOR_WORKSPACE, or fix the "
+            f"permissions of {self.path.parent} and {self.path.name} (chmod or chown)")
+
     @contextlib.contextmanager
     def connect(self):
-        """Yield an open read-write connection inside a transaction, retrying while the file is locked."""
+        """Yield an open connection inside a transaction, retrying while the file is locked.
+
+        The connection is read-write unless ``self.read_only``. A write the user is not allowed to make
+        raises ``StoreNotWritableError``, and a file DuckDB cannot read raises ``StoreDamagedError``.
+        """
         deadline = time.monotonic() + self.timeout
         delay = 0.02
         attempts = 0
         while True:
             try:
-                connection = duckdb.connect(str(self.path))
+                connection = duckdb.connect(str(self.path), read_only=self.read_only)
                 break
             except duckdb.Error as error:
+                if _write_denied(error, self.path):
+                    raise self._not_writable(error, "could not be opened") from error
                 if not isinstance(error, duckdb.IOException) or "lock" not in str(error).lower():
                     raise StoreDamagedError(
                         f"the workspace database {self.path} could not be opened ({error}). It may be "
@@ -194,9 +243,11 @@ class Store:
             connection.execute("BEGIN TRANSACTION")
             yield connection
             connection.execute("COMMIT")
-        except BaseException:
+        except BaseException as error:
             with contextlib.suppress(duckdb.Error):
                 connection.execute("ROLLBACK")
+            if _write_denied(error, self.path):
+                raise self._not_writable(error) from error
             raise
         finally:
             connection.close()

@@ -1,5 +1,7 @@
 """The curator command line: help, and clear errors for bad input."""
 
+import os
+
 import pytest
 
 from curator.cli import build_parser, main
@@ -170,3 +172,52 @@ def test_results_closed_pipe_exits_quietly(tmp_path, capsys, monkeypatch):
 
     assert code == 1
     assert "BrokenPipeError" not in capsys.readouterr().err
+
+
+def _deny_writes(*paths) -> None:
+    """Clear the write bits of ``paths``; skip the test when this user can write anyway (root)."""
+    for path in paths:
+        path.chmod(path.stat().st_mode & ~0o222)
+    if os.access(paths[0], os.W_OK):
+        pytest.skip("this user writes regardless of permission bits (root with CAP_DAC_OVERRIDE)")
+
+
+@pytest.mark.parametrize("command", ["run", "results"])
+def test_workspace_under_file_named(tmp_path, capsys, command):
+    blocker = tmp_path / "afile"
+    blocker.write_text("kept")
+    code = main([command, "--workspace", str(blocker / "sub")])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"workspace {blocker / 'sub'} is inside {blocker}, which is a file, not a folder" in err
+    assert "Traceback" not in err
+    assert blocker.read_text() == "kept"
+
+
+def test_run_unwritable_workspace_named(tmp_path, capsys):
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    _deny_writes(folder)
+    code = main(["run", "--workspace", str(folder), "--epochs", "1", "--quiet"])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"workspace {folder} is not writable by this user" in err
+    assert "choose a folder you can write to" in err
+    assert list(folder.iterdir()) == []
+
+
+def test_results_unwritable_workspace_read_only(tmp_path, capsys):
+    from curator import runs
+    from curator.config import RunConfig
+
+    store = Store(Workspace(tmp_path))
+    runs.insert_run(store, "run-1", RunConfig(), "fingerprint")
+    _deny_writes(store.path, tmp_path / "runs", tmp_path)
+    code = main(["results", "--workspace", str(tmp_path), "--list", "--format", "json"])
+
+    captured = capsys.readouterr()
+    assert code == 0
+    assert '"run_id":"run-1"' in captured.out
+    assert "damaged" not in captured.err

@@ -1,13 +1,14 @@
 """The DuckDB store under concurrent use by several processes."""
 
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from curator.store import Store, StoreBusyError
-from curator.workspace import Workspace
+from curator.store import Store, StoreBusyError, StoreNotWritableError
+from curator.workspace import Workspace, WorkspaceNotWritableError
 
 HOLD_LOCK = textwrap.dedent("""
     import sys, time, duckdb
@@ -90,3 +91,49 @@ def test_run_id_cannot_escape_workspace(tmp_path):
     for bad in ["../outside", "a/b", "", "x" * 65, "run id"]:
         with pytest.raises(ValueError, match="invalid run id"):
             workspace.run_dir(bad)
+
+
+def _deny_writes(*paths) -> None:
+    """Clear the write bits of ``paths``; skip the test when this user can write anyway (root)."""
+    for path in paths:
+        path.chmod(path.stat().st_mode & ~0o222)
+    if os.access(paths[0], os.W_OK):
+        pytest.skip("this user writes regardless of permission bits (root with CAP_DAC_OVERRIDE)")
+
+
+def test_unwritable_database_opened_read_only(tmp_path):
+    store = Store(Workspace(tmp_path))
+    store.execute("INSERT INTO rules (run_id, rule, created_at) VALUES ('r', '{}', now())")
+    _deny_writes(store.path, tmp_path)
+
+    reader = Store(Workspace(tmp_path, create=False))
+    with pytest.raises(StoreNotWritableError) as error:
+        reader.execute("INSERT INTO rules (run_id, rule, created_at) VALUES ('s', '{}', now())")
+
+    assert reader.read_only
+    assert reader.query("SELECT run_id FROM rules")["run_id"].tolist() == ["r"]
+    assert f"{store.path} is not writable by this user" in str(error.value)
+    assert "damaged" not in str(error.value)
+
+
+def test_unwritable_runs_folder_rejected(tmp_path):
+    Store(Workspace(tmp_path))
+    _deny_writes(tmp_path / "runs")
+
+    with pytest.raises(WorkspaceNotWritableError) as error:
+        Workspace(tmp_path)
+
+    assert f"Permission denied: {tmp_path / 'runs'}" in str(error.value)
+    assert "choose a folder you can write to" in str(error.value)
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_workspace_under_file_rejected(tmp_path, create):
+    blocker = tmp_path / "afile"
+    blocker.write_text("kept")
+
+    with pytest.raises(ValueError) as error:
+        Workspace(blocker / "sub", create=create)
+
+    assert f"workspace {blocker / 'sub'} is inside {blocker}, which is a file" in str(error.value)
+    assert blocker.read_text() == "kept"
