@@ -221,3 +221,51 @@ def test_results_unwritable_workspace_read_only(tmp_path, capsys):
     assert code == 0
     assert '"run_id":"run-1"' in captured.out
     assert "damaged" not in captured.err
+
+
+@pytest.mark.parametrize("format_option", [["--format", "csv"], []])
+def test_export_to_folder_named(tmp_path, capsys, format_option):
+    Store(Workspace(tmp_path))
+    target = tmp_path / "exports"
+    target.mkdir()
+    code = main(["export", "--workspace", str(tmp_path), "--run", "run-1", "--output", str(target), *format_option])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"export output {target} is a folder; give a file path such as {target / 'curated.csv'}" in err
+    assert list(tmp_path.glob(".*.tmp")) == []
+    assert list(target.iterdir()) == []
+
+
+def test_export_under_file_named(tmp_path, capsys):
+    Store(Workspace(tmp_path))
+    blocker = tmp_path / "afile"
+    blocker.write_text("kept")
+    code = main(["export", "--workspace", str(tmp_path), "--run", "run-1", "--output", str(blocker / "x.csv")])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"export folder {blocker} is a file, not a folder" in err
+    assert blocker.read_text() == "kept"
+
+
+def test_export_failed_write_keeps_old_file(tmp_path, capsys):
+    import pandas as pd
+
+    store = Store(Workspace(tmp_path))
+    drop_set = tmp_path / "drop_set.parquet"
+    pd.DataFrame({"index": [1, 0], "sample_id": ["b", "a"], "label": [0, 1], "influence": [0.5, -0.5],
+                  "decision": ["drop", "keep"], "true_label": [None, None]}).to_parquet(drop_set)
+    store.execute("INSERT INTO approvals (run_id, rule, n_drop, n_total, path, created_at)"
+                  " VALUES ('run-1', '{}', 1, 2, ?, now())", [str(drop_set)])
+    output = tmp_path / "curated.csv"
+    assert main(["export", "--workspace", str(tmp_path), "--run", "run-1", "--output", str(output)]) == 0
+    exported = output.read_text()
+    (tmp_path / ".curated.csv.tmp").mkdir()  # the temporary file cannot be written, so the export fails
+    code = main(["export", "--workspace", str(tmp_path), "--run", "run-1", "--output", str(output)])
+
+    err = capsys.readouterr().err
+    assert exported.splitlines() == ["index,sample_id,label,influence,decision", "0,a,1,-0.5,keep", "1,b,0,0.5,drop"]
+    assert code == 2
+    assert f"writing the export to {output} failed" in err
+    assert output.read_text() == exported
