@@ -170,7 +170,7 @@ def test_cnn_gauss_newton_scores(trained_cnn, digits):
 
 
 def test_negative_damping_rejected(small_logreg, digits):
-    with pytest.raises(ValueError, match="damping -0.1 must be >= 0"):
+    with pytest.raises(ValueError, match="damping -0.1 must be a finite number >= 0"):
         influence_scores(small_logreg, cross_entropy_losses, digits.train, digits.val, damping=-0.1)
 
 
