@@ -332,11 +332,20 @@ def _run_job(workspace, store, run_id, stages, approval_id=None, quiet=True):
     from curator.pipeline import run_stages
     from curator.progress import ProgressFile
 
+    from core import distributed
+
     folder = workspace.run_dir(run_id)
     main_rank = _is_main_rank()
-    lock = _lock_run(folder, run_id) if main_rank else None
-    if main_rank:
+    held = []
+
+    def take_lock():
+        held.append(_lock_run(folder, run_id))
         (folder / "job.pid").write_text(str(os.getpid()))
+
+    # Under torchrun rank 0 alone takes the lock; when it cannot, every rank stops here instead of
+    # waiting at the first collective of a job that rank 0 never starts.
+    distributed.main_only(take_lock)
+    lock = held[0] if held else None
     bar = _ProgressBar(not quiet and main_rank)
     progress = ProgressFile(folder / "progress.json", echo=bar) if main_rank else None
     try:

@@ -4,6 +4,7 @@ The collectives are checked in ``torch.multiprocessing`` workers against sums co
 process; the pipeline is checked through real ``torchrun`` subprocesses of ``curator``.
 """
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -218,3 +219,21 @@ def test_two_ranks_train_like_one_process(scored_once):
     np.testing.assert_allclose(history["loss"], one_history["loss"], rtol=0.15)
     assert (workspace.run_dir(run_id) / "round1.pt").exists()
     assert not (workspace.run_dir(run_id) / "round1.ckpt.tmp").exists()
+
+
+def test_locked_run_stops_every_rank(scored_once):
+    workspace, store, _, _, _ = scored_once
+    run_id = create_run(workspace, store, RunConfig(**CONFIG))
+    port = free_port()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={port}", "-m", "curator", "job", "--workspace", str(workspace.root),
+               "--run-id", run_id, "--stages", "round1"]
+    with open(workspace.run_dir(run_id) / "job.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        done = subprocess.run(command, cwd=ROOT, env=rank_environment(port), capture_output=True, text=True,
+                              timeout=180)
+
+    assert done.returncode != 0
+    # Rank 1 hears of rank 0's failure and says so, rather than waiting for a job that never starts.
+    assert f"rank 0 failed, so rank 1 stops too: RuntimeError: run {run_id} is already being worked on" in done.stderr
+    assert not (workspace.run_dir(run_id) / "round1.pt").exists()
