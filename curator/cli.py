@@ -405,7 +405,7 @@ def _command_run(args) -> int:
     config = _config_from_args(args)
     workspace, store = _open(args)
     started = time.perf_counter()
-    run_id = distributed.main_only(create_run, workspace, store, config)
+    run_id = distributed.main_only(create_run, workspace, store, config, keep_splits=True)
     if _is_main_rank():
         print(f"run {run_id} in {workspace.root}", file=sys.stderr)
     stages = ["round1", "score", "rule"] + ([] if args.no_round2 else ["approve", "round2"])

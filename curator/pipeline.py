@@ -57,15 +57,30 @@ def load_splits(config: RunConfig) -> DatasetSplits:
                         **options, **config.dataset_options)
 
 
-def create_run(workspace: Workspace, store: Store, config: RunConfig, run_id: Optional[str] = None) -> str:
-    """Validate ``config`` by loading its dataset, store the run, and return its id."""
+#: Datasets that ``create_run(..., keep_splits=True)`` loaded, by run id, for that run's first
+#: ``RunContext`` in the same process: a command that creates a run and then trains it reads the
+#: files, and logs their warnings, once.
+_created_splits: dict = {}
+
+
+def create_run(workspace: Workspace, store: Store, config: RunConfig, run_id: Optional[str] = None,
+               keep_splits: bool = False) -> str:
+    """Validate ``config`` by loading its dataset, store the run, and return its id.
+
+    With ``keep_splits`` the loaded dataset stays in memory until this process first opens the run
+    with ``RunContext``, which then uses it instead of loading it again.
+    """
     if config.task == "denoise":
         from curator.denoise_pipeline import create_denoise_run
 
         return create_denoise_run(workspace, store, config, run_id)
     splits = load_splits(config)
     _check_model_settings(config, splits)
-    return store_new_run(workspace, store, config, splits, run_id)
+    run_id = store_new_run(workspace, store, config, splits, run_id)
+    if keep_splits:
+        _created_splits.clear()
+        _created_splits[run_id] = splits
+    return run_id
 
 
 def store_new_run(workspace: Workspace, store: Store, config: RunConfig, splits, run_id: Optional[str] = None) -> str:
@@ -111,7 +126,9 @@ class RunContext:
     @property
     def splits(self) -> DatasetSplits:
         if self._splits is None:
-            splits = self._load_splits()
+            splits = _created_splits.pop(self.run_id, None)
+            if splits is None:
+                splits = self._load_splits()
             if splits.fingerprint != self.record["fingerprint"]:
                 raise DatasetChangedError(
                     f"dataset {self.config.dataset!r} changed on disk since run {self.run_id} was created "

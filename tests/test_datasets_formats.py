@@ -1,5 +1,6 @@
 """Each on-disk dataset format: what the loader reads, the data dropout splits, and a short pipeline run."""
 
+import logging
 import os
 import pickle
 
@@ -429,3 +430,16 @@ def test_npz_not_an_archive_named(tmp_path, capsys, content, expected):
     assert "allow_pickle" not in err
     assert "Traceback" not in err
     assert path.read_bytes() == content
+
+
+def test_run_reads_a_damaged_folder_once(tmp_path, caplog):
+    write_image_tree(str(tmp_path / "tree"), {"train": {"ant": 12, "bee": 12}}, size=32)
+    (tmp_path / "tree" / "train" / "bee" / "notes.png").write_text("not a picture")
+    caplog.set_level(logging.WARNING, logger="core.datasets")
+
+    _run(tmp_path / "workspace", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "tree"), "--model",
+         "logreg", "--no-round2", *FORMAT_OPTIONS["imagefolder"])
+
+    # `curator run` creates the run and trains it in one process: one load, one warning per skip.
+    skips = [record.getMessage() for record in caplog.records if "skipped train/bee/notes.png" in record.getMessage()]
+    assert len(skips) == 1, skips
