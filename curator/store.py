@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import time
 
 import duckdb
@@ -164,6 +165,8 @@ class StoreNotWritableError(WorkspaceNotWritableError):
 # Fragments of DuckDB error messages that mean "this user cannot write here" (duckdb 1.x wording).
 _DENIED = ("permission denied", "read-only file system")
 _READ_ONLY = "attached in read-only mode"
+_CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+) \(.*?\n\);", re.DOTALL)
+_SEQUENCE_DEFAULT = re.compile(r"\s+DEFAULT nextval\('\w+'\)")
 
 
 def _write_denied(error: BaseException, path) -> bool:
@@ -179,6 +182,21 @@ def _write_denied(error: BaseException, path) -> bool:
     return str(path).lower() in message and any(part in message for part in _DENIED)
 
 
+def _add_missing_tables(connection) -> None:
+    """Give a read-only connection an empty temporary table for each table its file lacks.
+
+    A file written by an older version lacks the tables added since. Queries of them then return
+    no rows instead of failing for the user who cannot write the file. The sequence defaults are
+    left out, because a temporary table cannot use the file's sequence.
+    """
+    present = {row[0] for row in connection.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
+    for match in _CREATE_TABLE.finditer(SCHEMA):
+        if match.group(1) not in present:
+            statement = _SEQUENCE_DEFAULT.sub("", match.group(0))
+            connection.execute(statement.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE", 1))
+
+
 class Store:
     """Brief, retried connections to the workspace's DuckDB file.
 
@@ -192,8 +210,6 @@ class Store:
         self.timeout = timeout
         self.read_only = self.path.exists() and not self._writable()
         if self.read_only:
-            # NOTE: the schema is not brought up to date here, so a table added since the file was
-            # written is missing until someone with write access opens it.
             logger.info("opening %s read-only: this user cannot write it or its folder", self.path)
             return
         with self.connect() as connection:
@@ -240,6 +256,8 @@ class Store:
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 0.5)
         try:
+            if self.read_only:
+                _add_missing_tables(connection)
             connection.execute("BEGIN TRANSACTION")
             yield connection
             connection.execute("COMMIT")

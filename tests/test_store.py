@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import duckdb
 import pytest
 
 from curator.store import Store, StoreBusyError, StoreNotWritableError
@@ -93,20 +94,12 @@ def test_run_id_cannot_escape_workspace(tmp_path):
             workspace.run_dir(bad)
 
 
-def _deny_writes(*paths) -> None:
-    """Clear the write bits of ``paths``; skip the test when this user can write anyway (root)."""
-    for path in paths:
-        path.chmod(path.stat().st_mode & ~0o222)
-    if os.access(paths[0], os.W_OK):
-        pytest.skip("this user writes regardless of permission bits (root with CAP_DAC_OVERRIDE)")
-
-
-def test_unwritable_database_opened_read_only(tmp_path):
-    store = Store(Workspace(tmp_path))
+def test_unwritable_database_opened_read_only(open_tmp, deny_writes):
+    store = Store(Workspace(open_tmp))
     store.execute("INSERT INTO rules (run_id, rule, created_at) VALUES ('r', '{}', now())")
-    _deny_writes(store.path, tmp_path)
+    deny_writes(store.path, open_tmp)
 
-    reader = Store(Workspace(tmp_path, create=False))
+    reader = Store(Workspace(open_tmp, create=False))
     with pytest.raises(StoreNotWritableError) as error:
         reader.execute("INSERT INTO rules (run_id, rule, created_at) VALUES ('s', '{}', now())")
 
@@ -116,14 +109,32 @@ def test_unwritable_database_opened_read_only(tmp_path):
     assert "damaged" not in str(error.value)
 
 
-def test_unwritable_runs_folder_rejected(tmp_path):
-    Store(Workspace(tmp_path))
-    _deny_writes(tmp_path / "runs")
+def test_read_only_store_has_tables_added_since(open_tmp, deny_writes):
+    store = Store(Workspace(open_tmp))
+    store.execute("INSERT INTO rules (run_id, rule, created_at) VALUES ('r', '{}', now())")
+    # A file written before these tables existed.
+    store.execute("DROP TABLE verifications; DROP TABLE experiment_arms")
+    deny_writes(store.path, open_tmp)
+
+    reader = Store(Workspace(open_tmp, create=False))
+
+    assert reader.read_only
+    assert reader.query("SELECT count(*) AS n FROM verifications")["n"].item() == 0
+    assert reader.query("SELECT count(*) AS n FROM experiment_arms")["n"].item() == 0
+    assert reader.query("SELECT run_id FROM rules")["run_id"].tolist() == ["r"]
+    tables = duckdb.connect(str(store.path), read_only=True).execute(
+        "SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()
+    assert ("verifications",) not in tables  # the file itself is untouched
+
+
+def test_unwritable_runs_folder_rejected(open_tmp, deny_writes):
+    Store(Workspace(open_tmp))
+    deny_writes(open_tmp / "runs")
 
     with pytest.raises(WorkspaceNotWritableError) as error:
-        Workspace(tmp_path)
+        Workspace(open_tmp)
 
-    assert f"Permission denied: {tmp_path / 'runs'}" in str(error.value)
+    assert f"Permission denied: {open_tmp / 'runs'}" in str(error.value)
     assert "choose a folder you can write to" in str(error.value)
 
 
