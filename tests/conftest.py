@@ -1,7 +1,11 @@
-"""Shared fixtures. Each test gets its own workspace folder; nothing is written outside ``tmp_path``."""
+"""Shared fixtures. Each test gets its own workspace folder; nothing is written outside ``tmp_path``
+(or ``open_tmp``, for tests that read as another user)."""
 
 import os
+import shutil
 import signal
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +49,39 @@ def app_workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("CURATOR_WORKSPACE", str(workspace.root))
     yield workspace
     stop_live_jobs(workspace)
+
+
+#: The user id that permission tests switch to when they run as root.
+NOBODY = 65534
+
+
+@pytest.fixture
+def open_tmp():
+    """A fresh folder that every user may enter and write (pytest's ``tmp_path`` is private to its owner)."""
+    folder = Path(tempfile.mkdtemp(prefix="curator-test-"))
+    folder.chmod(0o777)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def deny_writes(open_tmp):
+    """Return ``deny(*paths)``, which clears the write bits of ``paths`` (under ``open_tmp``).
+
+    Root may write whatever the permission bits are, so when the tests run as root (as in CI
+    containers) ``deny`` also makes this process act as ``nobody`` until the test ends: real and
+    effective user id 65534, saved user id 0, which lets the fixture switch back afterwards.
+    """
+    switched = []
+
+    def deny(*paths) -> None:
+        for path in paths:
+            path.chmod(path.stat().st_mode & ~0o222)
+        if os.geteuid() == 0 and not switched:
+            os.setresuid(NOBODY, NOBODY, 0)
+            switched.append(True)
+        assert not os.access(paths[0], os.W_OK)
+
+    yield deny
+    if switched:
+        os.setresuid(0, 0, 0)

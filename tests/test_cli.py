@@ -174,14 +174,6 @@ def test_results_closed_pipe_exits_quietly(tmp_path, capsys, monkeypatch):
     assert "BrokenPipeError" not in capsys.readouterr().err
 
 
-def _deny_writes(*paths) -> None:
-    """Clear the write bits of ``paths``; skip the test when this user can write anyway (root)."""
-    for path in paths:
-        path.chmod(path.stat().st_mode & ~0o222)
-    if os.access(paths[0], os.W_OK):
-        pytest.skip("this user writes regardless of permission bits (root with CAP_DAC_OVERRIDE)")
-
-
 @pytest.mark.parametrize("command", ["run", "results"])
 def test_workspace_under_file_named(tmp_path, capsys, command):
     blocker = tmp_path / "afile"
@@ -195,10 +187,10 @@ def test_workspace_under_file_named(tmp_path, capsys, command):
     assert blocker.read_text() == "kept"
 
 
-def test_run_unwritable_workspace_named(tmp_path, capsys):
-    folder = tmp_path / "readonly"
+def test_run_unwritable_workspace_named(open_tmp, deny_writes, capsys):
+    folder = open_tmp / "readonly"
     folder.mkdir()
-    _deny_writes(folder)
+    deny_writes(folder)
     code = main(["run", "--workspace", str(folder), "--epochs", "1", "--quiet"])
 
     err = capsys.readouterr().err
@@ -208,14 +200,14 @@ def test_run_unwritable_workspace_named(tmp_path, capsys):
     assert list(folder.iterdir()) == []
 
 
-def test_results_unwritable_workspace_read_only(tmp_path, capsys):
+def test_results_unwritable_workspace_read_only(open_tmp, deny_writes, capsys):
     from curator import runs
     from curator.config import RunConfig
 
-    store = Store(Workspace(tmp_path))
+    store = Store(Workspace(open_tmp))
     runs.insert_run(store, "run-1", RunConfig(), "fingerprint")
-    _deny_writes(store.path, tmp_path / "runs", tmp_path)
-    code = main(["results", "--workspace", str(tmp_path), "--list", "--format", "json"])
+    deny_writes(store.path, open_tmp / "runs", open_tmp)
+    code = main(["results", "--workspace", str(open_tmp), "--list", "--format", "json"])
 
     captured = capsys.readouterr()
     assert code == 0
