@@ -336,16 +336,16 @@ def _run_job(workspace, store, run_id, stages, approval_id=None, quiet=True):
 
     folder = workspace.run_dir(run_id)
     main_rank = _is_main_rank()
-    held = []
+    lock_files = []
 
     def take_lock():
-        held.append(_lock_run(folder, run_id))
+        lock_files.append(_lock_run(folder, run_id))
         (folder / "job.pid").write_text(str(os.getpid()))
 
-    # Under torchrun rank 0 alone takes the lock; when it cannot, every rank stops here instead of
-    # waiting at the first collective of a job that rank 0 never starts.
+    # Under torchrun only rank 0 takes the lock. When it cannot, main_only makes every rank stop
+    # here, so no rank waits at the first collective of a job that rank 0 never starts.
     distributed.main_only(take_lock)
-    lock = held[0] if held else None
+    lock = lock_files[0] if lock_files else None
     bar = _ProgressBar(not quiet and main_rank)
     progress = ProgressFile(folder / "progress.json", echo=bar) if main_rank else None
     try:
