@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(experiment)
     experiment.add_argument("--seeds", type=int, default=5,
                             help="number of seeds, counted up from --seed (default: 5)")
+    experiment.add_argument("--cleanlab-folds", type=int, default=None, metavar="K",
+                            help="cross-validation folds behind the cleanlab ranking of flipped labels, where "
+                                 "cleanlab is installed and --label-noise is set (default: 4; 0 uses the "
+                                 "round-1 model's own probabilities, which hide memorised flipped labels)")
     experiment.add_argument("--resume", default=None, metavar="EXPERIMENT",
                             help="continue a stored experiment by id instead of starting one")
     experiment.add_argument("--show", default=None, metavar="EXPERIMENT",
@@ -544,7 +548,8 @@ def _command_experiment(args) -> int:
         if args.seeds < 1:
             raise ValueError(f"--seeds {args.seeds} must be at least 1")
         seeds = list(range(args.seed, args.seed + args.seeds))
-        config = experiment.ExperimentConfig(seeds=seeds, run=_config_from_args(args).to_dict())
+        folds = {} if args.cleanlab_folds is None else {"cleanlab_folds": args.cleanlab_folds}
+        config = experiment.ExperimentConfig(seeds=seeds, run=_config_from_args(args).to_dict(), **folds)
         experiment_id = experiment.create_experiment(store, config)
         print(f"experiment {experiment_id} in {workspace.root}", file=sys.stderr)
     if args.show is None:

@@ -38,6 +38,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from core.cross_validation import MAX_FOLDS, MIN_FOLDS
 from core.drop_rules import DropRule, select_drop
 from core.evaluation import split_reports
 from core.progress import ProgressFn, report
@@ -74,6 +75,9 @@ class ExperimentConfig:
     parameter subset of the self-influence ranking. ``extra_rules`` maps a short name to a
     ``DropRule`` dict; each becomes one more arm, ``rule_<name>``, trained like ``dropout``. With
     ``matched_random`` each also gets ``random_<name>``, a random drop of the same size per seed.
+    ``cleanlab_folds`` is the number of cross-validation folds behind the cleanlab ranking of
+    flipped labels (0: the round-1 model's own probabilities); it only costs training time where
+    cleanlab is installed and the labels are noisy.
     """
 
     seeds: list
@@ -81,6 +85,7 @@ class ExperimentConfig:
     self_influence_params: str = "last_layer"
     extra_rules: dict = field(default_factory=dict)
     matched_random: bool = False
+    cleanlab_folds: int = label_noise.DEFAULT_CLEANLAB_FOLDS
 
     def __post_init__(self):
         seeds = [int(seed) for seed in self.seeds]
@@ -96,6 +101,10 @@ class ExperimentConfig:
         for name, rule in self.extra_rules.items():
             check_run_id(name)
             DropRule.from_dict(rule)
+        self.cleanlab_folds = int(self.cleanlab_folds)
+        if self.cleanlab_folds != 0 and not MIN_FOLDS <= self.cleanlab_folds <= MAX_FOLDS:
+            raise ValueError(f"cleanlab folds {self.cleanlab_folds} must be 0 (the round-1 model's own "
+                             f"probabilities) or between {MIN_FOLDS} and {MAX_FOLDS}; 4 is the default")
 
     def arms(self) -> list:
         """Return every arm: ``ARMS``, then ``rule_<name>`` (and ``random_<name>``) per extra rule."""
@@ -264,7 +273,7 @@ def run_seed(workspace: Workspace, store: Store, experiment_id: str, config: Exp
                              [experiment_id, seed]).iloc[0, 0]
         if stored == 0:
             label_noise.score_rankings(ctx, experiment_id, seed, config.self_influence_params, samples,
-                                       masks["dropout"])
+                                       masks["dropout"], config.cleanlab_folds)
 
 
 def drop_sets(samples: pd.DataFrame, seed: int) -> dict:

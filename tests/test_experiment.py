@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.model_selection import StratifiedKFold
 
 from core.drop_rules import DropRule
 from core.models import build_model
+from core.training import train
 from curator import experiment, experiment_summary, queries, runs, statistics
 from curator.cli import main
 from curator.config import RunConfig, parse_noise_pairs
@@ -219,17 +221,26 @@ def test_cleanlab_arm_matches_cleanlab(stored):
         run_id = experiment.run_id_for(stored["id"], seed)
         config = RunConfig.from_dict(runs.get_run(stored["store"], run_id)["config"])
         splits = load_splits(config)
-        model = build_model("logreg", num_classes=10, in_channels=1, image_size=(8, 8), seed=seed)
-        model.load_state_dict(torch.load(stored["workspace"].run_dir(run_id) / "round1.pt", weights_only=True))
-        model.eval()
-        with torch.no_grad():
-            probabilities = torch.softmax(model(splits.train.images), 1).double().numpy()
         labels = splits.train.labels
+        # The documented folds: 4, stratified by the given label, shuffled with the seed. Each
+        # fold's network starts from the seed's initial weights and trains with round 1's settings.
+        probabilities = np.zeros((len(labels), 10))
+        for trained_on, held_out in StratifiedKFold(4, shuffle=True, random_state=seed).split(labels, labels):
+            model = build_model("logreg", num_classes=10, in_channels=1, image_size=(8, 8), seed=seed)
+            train(model, splits.train, config.train_config(1), indices=trained_on)
+            model.eval()
+            with torch.no_grad():
+                probabilities[held_out] = torch.softmax(model(splits.train.images[held_out]), 1).double().numpy()
         frame = _rankings(stored, seed)
 
         assert frame["suspicion_cleanlab"].to_numpy() == pytest.approx(
             1 - rank.get_label_quality_scores(labels, probabilities), abs=1e-6)
         assert (frame["flagged_cleanlab"].to_numpy() == cleanlab_filter.find_label_issues(labels, probabilities)).all()
+
+
+def test_cleanlab_folds_validated():
+    with pytest.raises(ValueError, match="cleanlab folds 1 must be 0 .* or between 2 and 20"):
+        experiment.ExperimentConfig(seeds=[0], cleanlab_folds=1)
 
 
 def test_influence_is_flagged_by_the_rule_drop_set(stored):
