@@ -11,7 +11,9 @@ round-2 recipe (augmentation on, initial weights of the seed) on:
 - ``random_k``: without ``k`` samples drawn at random, once per draw;
 - ``oracle_all``: without every flipped sample; ``random_all``: without as many drawn at random;
 - ``loss_all``: without as many samples of the highest round-1 training loss, a practical
-  detector of flipped labels.
+  detector of flipped labels;
+- ``cleanlab``: without the samples cleanlab's ``find_label_issues`` flags from 4-fold out-of-fold
+  probabilities (round-1 recipe), and ``random_cleanlab``: without as many drawn at random.
 
 It prints test errors in images and, for each oracle, the share of (oracle, random) training
 pairs of a seed in which the oracle has fewer errors. An experiment trains each arm once per
@@ -20,7 +22,7 @@ the random drop in at least 4 of 5 seeds. A rule of the same size that finds fli
 can at best expect the oracle's gain, so these figures bound what its experiment can show.
 Each seed's results are stored as JSON under ``--output`` and reused when the command is rerun.
 
-Usage (about 40 seconds per seed on 2 busy CPU cores)::
+Usage (about 75 seconds per seed on one CPU core; cleanlab must be installed)::
 
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/noise_ceiling.py --output /tmp/bench-noise-ceiling
 """
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from core.cross_validation import out_of_fold_probabilities
 from core.evaluation import split_reports
 from core.influence import cross_entropy_losses
 from core.models import build_model
@@ -44,7 +47,7 @@ from curator.pipeline import load_splits
 from curator.statistics import paired_difference
 
 #: The results each seed's JSON file must hold; missing ones are trained when the command is rerun.
-ARMS = {"full", "oracle_k", "random_k", "oracle_all", "random_all", "loss_all"}
+ARMS = {"full", "oracle_k", "random_k", "oracle_all", "random_all", "loss_all", "cleanlab", "random_cleanlab"}
 
 
 def parse_args():
@@ -116,6 +119,22 @@ def measure_seed(seed: int, args, result: dict) -> dict:
         highest = mask(np.argsort(-losses, kind="stable")[:m])
         result["loss_all_flipped"] = int((highest & flipped).sum())
         result["loss_all"] = [test_errors(config, splits, highest)]
+    if "cleanlab" not in result:
+        from cleanlab.filter import find_label_issues
+
+        def make_model():
+            return build_model(config.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                               image_size=tuple(splits.info["image_size"]), seed=config.seed,
+                               **config.round_model_options(1))
+
+        probabilities = out_of_fold_probabilities(make_model, splits.train, splits.train.labels,
+                                                  config.train_config(1), 4, config.seed)
+        flagged = np.asarray(find_label_issues(splits.train.labels, probabilities), dtype=bool)
+        result["cleanlab_flagged"] = int(flagged.sum())
+        result["cleanlab_flipped"] = int((flagged & flipped).sum())
+        result["cleanlab"] = [test_errors(config, splits, flagged)]
+        draws = [mask(rng.choice(n, size=int(flagged.sum()), replace=False)) for _ in range(args.draws)]
+        result["random_cleanlab"] = [test_errors(config, splits, drop) for drop in draws]
     result["seconds"] = result.get("seconds", 0.0) + time.perf_counter() - started
     return result
 
@@ -125,16 +144,20 @@ def report(results: list) -> None:
     print(f"test errors in images out of {first['test']} (round-2 recipe, {first['train']} training samples, "
           f"{first['flipped']} flipped in seed {first['seed']})")
     print("seed | full (per shuffle) | oracle_k (per draw) | random_k (per draw) | oracle_all | random_all (per draw) "
-          "| loss_all")
+          "| loss_all | cleanlab | random_cleanlab (per draw)")
     for r in results:
         print(f"{r['seed']:>4} | {r['full']} | {r['oracle_k']} | {r['random_k']} | {r['oracle_all']} | "
-              f"{r['random_all']} | {r['loss_all']}")
+              f"{r['random_all']} | {r['loss_all']} | {r['cleanlab']} | {r['random_cleanlab']}")
     print(f"full set, batch order alone: within-seed sd {np.mean([np.std(r['full'], ddof=1) for r in results]):.2f} "
           f"images (mean over seeds), range up to {max(np.ptp(r['full']) for r in results)}")
     losses = [r["loss_auroc"] for r in results]
     print(f"round-1 training loss finds the flipped labels at AUROC {min(losses):.3f}-{max(losses):.3f}; its "
           f"top {first['flipped']} hold {first['loss_all_flipped']} of them in seed {first['seed']}")
-    for arm, control in (("oracle_k", "random_k"), ("oracle_all", "random_all"), ("loss_all", "random_all")):
+    flagged = [r["cleanlab_flagged"] for r in results]
+    print(f"cleanlab (4-fold) flags {min(flagged)}-{max(flagged)} samples, of which "
+          f"{sum(r['cleanlab_flipped'] for r in results) / sum(flagged):.0%} are flipped")
+    for arm, control in (("oracle_k", "random_k"), ("oracle_all", "random_all"), ("loss_all", "random_all"),
+                         ("cleanlab", "random_cleanlab")):
         wins = ties = pairs = 0
         for r in results:
             chosen, randoms = np.array(r[arm])[:, None], np.array(r[control])[None, :]
