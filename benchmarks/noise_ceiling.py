@@ -71,8 +71,8 @@ def test_errors(config: RunConfig, splits, drop: np.ndarray, shuffle: int = 0) -
                         **config.round_model_options(2))
     recipe = config.train_config(2)
     recipe.seed += 1000 * shuffle
-    kept = np.flatnonzero(~drop)
-    train(model, splits.train, recipe, indices=kept, device=torch.device("cpu"))
+    trained_on = np.flatnonzero(~drop)
+    train(model, splits.train, recipe, indices=trained_on, device=torch.device("cpu"))
     report = split_reports(model, splits)["test"]
     return int(round(report["error"] * len(splits.test)))
 

@@ -68,10 +68,11 @@ def open_tmp():
 def deny_writes(open_tmp):
     """Return ``deny(*paths)``, which clears the write bits of ``paths`` (under ``open_tmp``).
 
-    Root may write whatever the permission bits are, so when the tests run as root (as in CI
-    containers) ``deny`` also makes this process act as ``nobody`` until the test ends: real and
-    effective user id 65534, saved user id 0, which lets the fixture switch back afterwards.
+    Root may write whatever the permission bits are. So when the tests run as root, as in CI
+    containers, ``deny`` also makes this process act as ``nobody`` until the test ends. It sets
+    the real and effective user id to 65534 and keeps saved user id 0 to switch back afterwards.
     """
+
     switched = []
 
     def deny(*paths) -> None:
