@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -129,6 +130,19 @@ class RunConfig:
 
     def all_solver_options(self) -> dict:
         return {**defaults.solver_options(self.solver), **self.solver_options}
+
+    def with_absolute_paths(self) -> "RunConfig":
+        """Return a copy whose ``data_dir`` and ``*_dir`` dataset options are absolute paths.
+
+        A stored run is resumed, verified and shown from other working folders (the app runs from
+        the repository root), so a path is resolved once, against the folder it was typed in.
+        """
+        def absolute(path):
+            return os.path.abspath(os.path.expanduser(path)) if isinstance(path, str) and path else path
+
+        options = {key: absolute(value) if key.endswith("_dir") else value
+                   for key, value in self.dataset_options.items()}
+        return dataclasses.replace(self, data_dir=absolute(self.data_dir), dataset_options=options)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

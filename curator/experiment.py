@@ -94,7 +94,9 @@ class ExperimentConfig:
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds {seeds} repeat a value; each seed must be different")
         self.seeds = seeds
-        if RunConfig.from_dict(self.run).task != "classification":
+        run = RunConfig.from_dict(self.run)
+        self.run = run.with_absolute_paths().to_dict()
+        if run.task != "classification":
             raise ValueError(f"experiments compare classification test error, and this run's task is "
                              f"{self.run['task']!r}; compare denoising rounds on the Denoising results page "
                              f"or with `curator results`")

@@ -68,8 +68,10 @@ def create_run(workspace: Workspace, store: Store, config: RunConfig, run_id: Op
     """Validate ``config`` by loading its dataset, store the run, and return its id.
 
     With ``keep_splits`` the loaded dataset stays in memory until this process first opens the run
-    with ``RunContext``, which then uses it instead of loading it again.
+    with ``RunContext``, which then uses it instead of loading it again. Relative data paths are
+    stored as absolute ones.
     """
+    config = config.with_absolute_paths()
     if config.task == "denoise":
         from curator.denoise_pipeline import create_denoise_run
 

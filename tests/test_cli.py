@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 
 from curator.cli import build_parser, main
@@ -261,3 +262,25 @@ def test_export_failed_write_keeps_old_file(tmp_path, capsys):
     assert code == 2
     assert f"writing the export to {output} failed" in err
     assert output.read_text() == exported
+
+
+def test_relative_data_dir_stored_absolute(tmp_path, monkeypatch):
+    from curator import runs
+    from curator.pipeline import RunContext
+    from tests.dataset_writers import labelled_images
+
+    (tmp_path / "data").mkdir()
+    images, labels = labelled_images(60, 3, size=12)
+    np.savez(tmp_path / "data" / "d.npz", x=images, y=labels)
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", "--workspace", "ws", "--dataset", "npz", "--data-dir", "data/d.npz", "--model", "logreg",
+                 "--epochs", "1", "--params", "last_layer", "--no-round2", "--quiet"])
+    store = Store(Workspace(tmp_path / "ws"))
+    run_id = runs.latest_run_id(store)
+    config = runs.get_run(store, run_id)["config"]
+
+    assert code == 0
+    assert config["data_dir"] == str(tmp_path / "data" / "d.npz")
+    # Another working folder, as the app and a later resume have, still finds the data.
+    monkeypatch.chdir(tmp_path / "data")
+    assert len(RunContext(Workspace(tmp_path / "ws"), store, run_id).splits.train) > 0
