@@ -1,6 +1,7 @@
 """The ``curator`` command line: the whole pipeline headless, export, results, and the app."""
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -336,47 +337,39 @@ def _run_job(workspace, store, run_id, stages, approval_id=None, quiet=True):
     from curator.pipeline import run_stages
     from curator.progress import ProgressFile
 
-    from core import distributed
-
     folder = workspace.run_dir(run_id)
     main_rank = _is_main_rank()
-    lock_files = []
-
-    def take_lock():
-        lock_files.append(_lock_run(folder, run_id))
-        (folder / "job.pid").write_text(str(os.getpid()))
-
-    # Under torchrun only rank 0 takes the lock. When it cannot, main_only makes every rank stop
-    # here, so no rank waits at the first collective of a job that rank 0 never starts.
-    distributed.main_only(take_lock)
-    lock = lock_files[0] if lock_files else None
     bar = _ProgressBar(not quiet and main_rank)
     progress = ProgressFile(folder / "progress.json", echo=bar) if main_rank else None
     try:
-        run_stages(workspace, store, run_id, stages, progress, approval_id)
+        with _run_lock(workspace, folder, run_id):
+            run_stages(workspace, store, run_id, stages, progress, approval_id)
+    except KeyboardInterrupt:
+        if main_rank:
+            print(f"\nrun {run_id} interrupted; continue it with: curator resume --workspace {workspace.root} "
+                  f"--run {run_id}", file=sys.stderr)
+        raise
     finally:
         bar.close()
-        if lock is not None:
-            lock.close()
 
 
-def _lock_run(folder: Path, run_id: str):
-    """Return the open lock file of the run's job; raise ``RuntimeError`` when another process holds it.
+@contextlib.contextmanager
+def _run_lock(workspace, folder: Path, run_id: str):
+    """Hold the run's job lock for the block; under torchrun rank 0 takes it for every rank.
 
-    The operating system releases the lock when its holder exits, killed or not, so a crashed job
-    never blocks a later resume.
+    When rank 0 cannot take it, ``main_only`` makes every rank raise, so no rank waits at the first
+    collective of a job that rank 0 never starts.
     """
-    import fcntl
+    from core import distributed
+    from curator.job_lock import job_lock
 
-    handle = open(folder / "job.lock", "a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        holder = (folder / "job.pid").read_text().strip() if (folder / "job.pid").exists() else "another process"
-        raise RuntimeError(f"run {run_id} is already being worked on by process {holder}; wait for it to "
-                           f"finish, or stop it (kill {holder}) and then resume") from None
-    return handle
+    with contextlib.ExitStack() as stack:
+        def take_lock():
+            stack.enter_context(job_lock(folder, f"run {run_id}",
+                                         f"resume it with `curator resume --workspace {workspace.root} --run {run_id}`"))
+
+        distributed.main_only(take_lock)
+        yield
 
 
 def _print_summary(results: dict) -> None:
@@ -483,15 +476,12 @@ def _command_score(args) -> int:
     main_rank = _is_main_rank()
     bar = _ProgressBar(not args.quiet and main_rank)
     folder = workspace.run_dir(run_id)
-    lock = _lock_run(folder, run_id) if main_rank else None
-    if main_rank:
-        (folder / "job.pid").write_text(str(os.getpid()))
     try:
-        rescore_run(workspace, store, run_id, ProgressFile(folder / "progress.json", echo=bar) if main_rank else None)
+        with _run_lock(workspace, folder, run_id):
+            rescore_run(workspace, store, run_id,
+                        ProgressFile(folder / "progress.json", echo=bar) if main_rank else None)
     finally:
         bar.close()
-        if lock is not None:
-            lock.close()
     if main_rank:
         _print_summary(run_results(store, workspace, run_id))
     return 0
@@ -557,6 +547,10 @@ def _command_experiment(args) -> int:
         try:
             experiment.run_experiment(workspace, store, experiment_id,
                                       ProgressFile(experiment.progress_path(workspace, experiment_id), echo=bar))
+        except KeyboardInterrupt:
+            print(f"\nexperiment {experiment_id} interrupted; continue it with: curator experiment --workspace "
+                  f"{workspace.root} --resume {experiment_id}", file=sys.stderr)
+            raise
         finally:
             bar.close()
     summary = experiment_summary.experiment_summary(store, experiment_id)
@@ -621,6 +615,10 @@ def main(argv=None) -> int:
         code = _dispatch(args, handlers)
         sys.stdout.flush()  # so a closed pipe raises here and not at interpreter exit
         return code
+    except KeyboardInterrupt:
+        # What was interrupted and how to continue it was printed where it happened; finished
+        # steps are stored, so a traceback adds nothing.
+        return 130
     except BrokenPipeError:
         # The reader (e.g. `| head`) closed stdout early. Point stdout at devnull so the final
         # flush at exit cannot raise again, and exit like other Unix tools do.

@@ -290,8 +290,8 @@ def run_denoise_stages(workspace: Workspace, store: Store, run_id: str, stages=S
             elif stage == "round2":
                 run_denoise_round2(ctx, approval_id)
     except BaseException as error:
-        message = f"{type(error).__name__}: {error}"
+        status, message = "failed", f"{type(error).__name__}: {error}"
         if isinstance(error, KeyboardInterrupt):
-            message = "interrupted; resume to continue from the last finished step"
-        runs.update_run(store, run_id, status="failed", error=message)
+            status, message = "interrupted", "interrupted; resume to continue from the last finished step"
+        runs.update_run(store, run_id, status=status, error=message)
         raise

@@ -45,6 +45,7 @@ from core.progress import ProgressFn, report
 from core.training import train
 from curator import label_noise, queries, runs
 from curator.config import RunConfig
+from curator.job_lock import job_lock, job_running
 from curator.pipeline import RunContext, create_run, run_stages
 from curator.store import Store
 from curator.workspace import Workspace, check_run_id
@@ -63,7 +64,7 @@ ARM_LABELS = {
 #: Paired differences are taken against these arms.
 REFERENCES = ("round1", "full", "random")
 
-STATUSES = ("created", "running", "done", "failed")
+STATUSES = ("created", "running", "done", "failed", "interrupted")
 
 
 @dataclass
@@ -159,12 +160,25 @@ def get_experiment(store: Store, experiment_id: str) -> dict:
                           f"list experiments with `curator experiment --list`")
     record = frame.iloc[0].to_dict()
     record["config"] = ExperimentConfig.from_dict(json.loads(record["config"]))
+    record["status"] = _live_status(store.workspace, experiment_id, record["status"])
     return record
 
 
 def list_experiments(store: Store) -> pd.DataFrame:
-    return store.query("SELECT experiment_id, created_at, updated_at, status, error FROM experiments "
-                       "ORDER BY created_at DESC, experiment_id DESC")
+    """Return every experiment, newest first; one stored as running with no live job shows as interrupted."""
+    frame = store.query("SELECT experiment_id, created_at, updated_at, status, error FROM experiments "
+                        "ORDER BY created_at DESC, experiment_id DESC")
+    frame["status"] = [_live_status(store.workspace, experiment_id, status)
+                       for experiment_id, status in zip(frame["experiment_id"], frame["status"])]
+    return frame
+
+
+def _live_status(workspace: Workspace, experiment_id: str, status: str) -> str:
+    """Return ``status``, except "interrupted" for a running experiment whose job process is gone."""
+    folder = workspace.root / "experiments" / experiment_id
+    if status == "running" and not job_running(folder):
+        return "interrupted"
+    return status
 
 
 def latest_experiment_id(store: Store) -> Optional[str]:
@@ -226,26 +240,28 @@ def _set_status(store: Store, experiment_id: str, status: str, error: Optional[s
 
 def run_experiment(workspace: Workspace, store: Store, experiment_id: str,
                    progress: Optional[ProgressFn] = None) -> None:
-    """Run (or resume) every seed of the experiment.
+    """Run (or resume) every seed of the experiment, holding its folder's job lock.
 
     Progress stages: ``experiment`` (seeds finished of all), then the pipeline's and each arm's own
     stages. A failure is stored with the experiment before it is re-raised; finished seeds and
-    arms stay stored.
+    arms stay stored. Raises ``JobLockedError`` when another process works on the experiment.
     """
     config = get_experiment(store, experiment_id)["config"]
-    _set_status(store, experiment_id, "running")
-    try:
-        for number, seed in enumerate(config.seeds):
-            report(progress, "experiment", number, len(config.seeds), f"seed {seed}")
-            run_seed(workspace, store, experiment_id, config, seed, progress)
-        report(progress, "experiment", len(config.seeds), len(config.seeds), "done")
-    except BaseException as error:
-        message = f"{type(error).__name__}: {error}"
-        if isinstance(error, KeyboardInterrupt):
-            message = "interrupted; resume with `curator experiment --resume` to continue"
-        _set_status(store, experiment_id, "failed", message)
-        raise
-    _set_status(store, experiment_id, "done")
+    resume = f"resume it with `curator experiment --workspace {workspace.root} --resume {experiment_id}`"
+    with job_lock(experiment_dir(workspace, experiment_id), f"experiment {experiment_id}", resume):
+        _set_status(store, experiment_id, "running")
+        try:
+            for number, seed in enumerate(config.seeds):
+                report(progress, "experiment", number, len(config.seeds), f"seed {seed}")
+                run_seed(workspace, store, experiment_id, config, seed, progress)
+            report(progress, "experiment", len(config.seeds), len(config.seeds), "done")
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt):
+                _set_status(store, experiment_id, "interrupted", f"interrupted; {resume}")
+            else:
+                _set_status(store, experiment_id, "failed", f"{type(error).__name__}: {error}")
+            raise
+        _set_status(store, experiment_id, "done")
 
 
 def run_seed(workspace: Workspace, store: Store, experiment_id: str, config: ExperimentConfig, seed: int,

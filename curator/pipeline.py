@@ -396,11 +396,11 @@ def run_stages(workspace: Workspace, store: Store, run_id: str, stages=STAGES,
             elif stage == "round2":
                 run_round2(ctx, approval_id)
     except BaseException as error:
-        message = f"{type(error).__name__}: {error}"
+        status, message = "failed", f"{type(error).__name__}: {error}"
         if isinstance(error, KeyboardInterrupt):
-            message = "interrupted; resume to continue from the last finished step"
+            status, message = "interrupted", "interrupted; resume to continue from the last finished step"
         if distributed.is_main():
-            runs.update_run(store, run_id, status="failed", error=message)
+            runs.update_run(store, run_id, status=status, error=message)
         raise
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 from curator.config import RunConfig
 from curator.store import Store
 
-STATUSES = ("created", "running", "scored", "done", "failed")
+STATUSES = ("created", "running", "scored", "done", "failed", "interrupted")
 
 
 class RunNotFoundError(KeyError):

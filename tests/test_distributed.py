@@ -235,5 +235,5 @@ def test_locked_run_stops_every_rank(scored_once):
 
     assert done.returncode != 0
     # Rank 1 reports rank 0's failure instead of waiting for a job that never starts.
-    assert f"rank 0 failed, so rank 1 stops too: RuntimeError: run {run_id} is already being worked on" in done.stderr
+    assert f"rank 0 failed, so rank 1 stops too: JobLockedError: run {run_id} is already being worked on" in done.stderr
     assert not (workspace.run_dir(run_id) / "round1.pt").exists()

@@ -8,6 +8,7 @@ arithmetic, independently of ``curator.statistics``.
 
 import json
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -316,3 +317,27 @@ def test_cli_list_shows_experiment(stored, capsys):
     assert code == 0
     assert [row["experiment_id"] for row in listed] == [stored["id"]]
     assert listed[0]["status"] == "done"
+
+
+def test_experiment_lock_rejects_second_process(tmp_path):
+    from curator.job_lock import JobLockedError, job_lock
+
+    workspace = Workspace(tmp_path)
+    store = Store(workspace)
+    run = RunConfig(model="logreg", epochs=1, max_train_samples=100).to_dict()
+    experiment_id = experiment.create_experiment(store, experiment.ExperimentConfig(seeds=[0], run=run), "locked")
+    folder = experiment.experiment_dir(workspace, experiment_id)
+
+    with job_lock(folder, "the test's holder"):
+        with pytest.raises(JobLockedError) as error:
+            experiment.run_experiment(workspace, store, experiment_id)
+        # A process holds the lock, so a stored "running" status is believed.
+        store.execute("UPDATE experiments SET status = 'running' WHERE experiment_id = ?", [experiment_id])
+        assert experiment.get_experiment(store, experiment_id)["status"] == "running"
+
+    assert f"experiment locked is already being worked on by process {os.getpid()}" in str(error.value)
+    assert f"curator experiment --workspace {workspace.root} --resume locked" in str(error.value)
+    assert not (workspace.root / "runs" / experiment.run_id_for(experiment_id, 0)).exists()
+    # With the holder gone, the same stored status reads as interrupted.
+    assert experiment.get_experiment(store, experiment_id)["status"] == "interrupted"
+    assert experiment.list_experiments(store)["status"].tolist() == ["interrupted"]

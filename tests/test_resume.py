@@ -133,3 +133,24 @@ def test_killed_job_resumes_to_same_results(workspace_and_store, uninterrupted, 
         scale = np.abs(expected[column]).max()
         np.testing.assert_allclose(frame[column], expected[column], rtol=0, atol=1e-5 * scale, err_msg=column)
     assert frame["decision"].tolist() == expected["decision"].tolist()
+
+
+def test_interrupted_job_says_how_to_resume(workspace_and_store, started_jobs):
+    workspace, store = workspace_and_store
+    run_id = create_run(workspace, store, RunConfig(**CONFIG))
+    folder = workspace.run_dir(run_id)
+
+    # Ctrl-C reaches the job as SIGINT once round 1 has checkpointed an epoch.
+    pid = started_jobs.start(workspace, run_id, STAGES)
+    wait_for(lambda: (folder / "round1.ckpt").exists() or (folder / "round1.pt").exists(), "an epoch checkpoint")
+    os.kill(pid, signal.SIGINT)
+    _, code = os.waitpid(pid, 0)
+    started_jobs.running.discard(pid)
+    log = (folder / "job.log").read_text()
+    state = jobs.job_state(store, workspace, run_id)
+
+    assert os.waitstatus_to_exitcode(code) == 130
+    assert f"run {run_id} interrupted; continue it with: curator resume --workspace {workspace.root} --run {run_id}" in log
+    assert "Traceback" not in log
+    assert state["status"] == "interrupted"
+    assert state["error"] == "interrupted; resume to continue from the last finished step"
