@@ -14,7 +14,7 @@ import streamlit as st
 from curator import app_state, decisions, jobs, runs
 from curator.pipeline import RunContext
 from curator.store import Store, StoreBusyError, StoreDamagedError
-from curator.workspace import DEFAULT_WORKSPACE, Workspace
+from curator.workspace import DATABASE_NAME, DEFAULT_WORKSPACE, Workspace, WorkspaceNotWritableError
 
 #: Session-state key of the sidebar run selector, shared by every page.
 RUN_KEY = "run_selector"
@@ -31,16 +31,26 @@ def workspace_root() -> str:
 
 @st.cache_resource(show_spinner=False)
 def _open_store(root: str) -> Store:
-    return Store(Workspace(root))
+    """Open the workspace's store, read-only when this user cannot write an existing workspace."""
+    try:
+        return Store(Workspace(root))
+    except WorkspaceNotWritableError:
+        if not (Path(root) / DATABASE_NAME).exists():
+            raise
+        return Store(Workspace(root, create=False))
 
 
 def open_workspace() -> tuple:
     """Return ``(workspace, store)``. A store keeps no connection open, so all sessions share one per folder."""
     try:
         store = _open_store(workspace_root())
-    except (ValueError, StoreDamagedError, StoreBusyError) as error:
+    except (ValueError, StoreDamagedError, StoreBusyError, WorkspaceNotWritableError) as error:
         st.error(f"The workspace cannot be opened: {error}")
         st.stop()
+    if store.read_only:
+        st.sidebar.warning(f"The workspace {store.workspace.root} is read-only for this user: runs can be viewed, "
+                           f"but starting, approving or exporting needs write access (fix its permissions, or "
+                           f"set CURATOR_WORKSPACE to a folder you can write to).")
     return store.workspace, store
 
 

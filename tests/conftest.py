@@ -72,7 +72,6 @@ def deny_writes(open_tmp):
     containers, ``deny`` also makes this process act as ``nobody`` until the test ends. It sets
     the real and effective user id to 65534 and keeps saved user id 0 to switch back afterwards.
     """
-
     switched = []
 
     def deny(*paths) -> None:

@@ -458,3 +458,19 @@ def test_whole_flow_with_real_jobs(app_workspace, media_storages):
     pd.testing.assert_frame_equal(pd.read_parquet(io.BytesIO(parquet)), stored)
     csv = next(content for name, content in files.items() if name.endswith(".csv"))
     assert pd.read_csv(io.BytesIO(csv))["decision"].tolist() == stored["decision"].tolist()
+
+
+def test_read_only_workspace_browsable(open_tmp, deny_writes, monkeypatch):
+    from curator.workspace import Workspace
+
+    store = Store(Workspace(open_tmp))
+    runs.insert_run(store, "run-1", RunConfig(), "fingerprint")
+    run_folder = store.workspace.run_dir("run-1")
+    deny_writes(store.path, run_folder, open_tmp / "runs", open_tmp)
+    monkeypatch.setenv("CURATOR_WORKSPACE", str(open_tmp))
+
+    app = open_app()
+    warnings = " ".join(element.value for element in app.sidebar.warning)
+
+    assert f"The workspace {open_tmp} is read-only for this user" in warnings
+    assert not app.error
