@@ -81,6 +81,10 @@ _BUILD_LOCK = threading.Lock()
 PREPARE_MEMORY_LIMIT = "256MB"
 
 
+class ScoresDamagedError(RuntimeError):
+    """A scored run's per-sample score files are missing or cannot be read."""
+
+
 def prepare_scores(workspace: Workspace, run_id: str) -> Path:
     """Return the run's sorted scores file, writing it from the chunk files when missing or stale.
 
@@ -100,16 +104,24 @@ def prepare_scores(workspace: Workspace, run_id: str) -> Path:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         spill = path.with_name(f"duckdb-spill-{os.getpid()}")
         settings = {"memory_limit": PREPARE_MEMORY_LIMIT, "temp_directory": str(spill)}
-        with duckdb.connect(config=settings) as connection:
-            connection.execute(f"""
-                COPY (SELECT *,
-                        row_number() OVER (ORDER BY influence DESC, "index") AS position_desc,
-                        row_number() OVER (ORDER BY influence ASC, "index") AS position_asc,
-                        row_number() OVER (PARTITION BY label ORDER BY influence DESC, "index") AS class_position_desc,
-                        row_number() OVER (PARTITION BY label ORDER BY influence ASC, "index") AS class_position_asc
-                      FROM read_parquet(?) ORDER BY position_desc)
-                TO '{_sql_string(tmp)}' (FORMAT parquet, ROW_GROUP_SIZE 16384)""", [workspace.scores_glob(run_id)])
-        shutil.rmtree(spill, ignore_errors=True)
+        try:
+            with duckdb.connect(config=settings) as connection:
+                connection.execute(f"""
+                    COPY (SELECT *,
+                            row_number() OVER (ORDER BY influence DESC, "index") AS position_desc,
+                            row_number() OVER (ORDER BY influence ASC, "index") AS position_asc,
+                            row_number() OVER (PARTITION BY label ORDER BY influence DESC, "index") AS class_position_desc,
+                            row_number() OVER (PARTITION BY label ORDER BY influence ASC, "index") AS class_position_asc
+                          FROM read_parquet(?) ORDER BY position_desc)
+                    TO '{_sql_string(tmp)}' (FORMAT parquet, ROW_GROUP_SIZE 16384)""", [workspace.scores_glob(run_id)])
+        except duckdb.Error as error:
+            tmp.unlink(missing_ok=True)
+            raise ScoresDamagedError(
+                f"the score files of run {run_id} in {workspace.scores_dir(run_id)} are missing or damaged "
+                f"({type(error).__name__}: {str(error).splitlines()[0]}); score the run again with `curator score "
+                f"--workspace {workspace.root} --run {run_id}`, which keeps round 1") from error
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
         os.replace(tmp, path)
     return path
 

@@ -31,6 +31,7 @@ if not summary["seeds_complete"]:
 findings = experiment_summary.plain_findings(summary)
 seed = summary["seeds_complete"][0]
 run_id = experiment.run_id_for(experiment_id, seed)
+widgets.require_readable_scores(workspace, run_id)
 
 st.markdown(
     "**The idea.** A model learns from training images. Some of them may hurt it, for example images with a "

@@ -11,7 +11,7 @@ from typing import Optional
 
 import streamlit as st
 
-from curator import app_state, decisions, jobs, runs
+from curator import app_state, decisions, jobs, queries, runs
 from curator.pipeline import RunContext
 from curator.store import Store, StoreBusyError, StoreDamagedError
 from curator.workspace import DATABASE_NAME, DEFAULT_WORKSPACE, Workspace, WorkspaceNotWritableError
@@ -181,7 +181,19 @@ def require_run(store: Store, task: str) -> str:
         st.page_link("pages/setup.py", label="Go to Setup", icon=":material/tune:")
         st.stop()
     require_task(store, run_id, task)
+    require_readable_scores(store.workspace, run_id)
     return run_id
+
+
+def require_readable_scores(workspace: Workspace, run_id: str) -> None:
+    """Stop the page with an error naming the fix when a scored run's score files are missing or damaged."""
+    if not workspace.has_scores(run_id):
+        return
+    try:
+        queries.prepare_scores(workspace, run_id)
+    except queries.ScoresDamagedError as error:
+        st.error(str(error))
+        st.stop()
 
 
 def rule_value_input(container, rule_name: str, default, key: str, **options):

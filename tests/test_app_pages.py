@@ -474,3 +474,26 @@ def test_read_only_workspace_browsable(open_tmp, deny_writes, monkeypatch):
 
     assert f"The workspace {open_tmp} is read-only for this user" in warnings
     assert not app.error
+
+
+def test_review_missing_scores_shows_fix(app_workspace, capsys):
+    import shutil
+
+    from curator.cli import main
+
+    store, run_id, _ = make_scored_run(app_workspace)
+    shutil.rmtree(app_workspace.scores_dir(run_id))
+    (app_workspace.run_dir(run_id) / queries.SORTED_SCORES).unlink(missing_ok=True)
+
+    app = open_app("pages/review.py")
+    errors = texts(app.error)
+
+    assert f"the score files of run {run_id}" in errors
+    assert f"curator score --workspace {app_workspace.root} --run {run_id}" in errors
+    assert runs.get_run(store, run_id)["status"] == "scored"
+    # The command line says the same, without a traceback.
+    code = main(["results", "--workspace", str(app_workspace.root), "--run", run_id])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"curator results: error: the score files of run {run_id}" in err
+    assert "Traceback" not in err
