@@ -52,8 +52,9 @@ class DenoiseOptions:
     eval_batch_size: int = 4
 
     def __post_init__(self):
-        if self.sigma < 0:
-            raise ValueError(f"sigma {self.sigma} must be >= 0 (noise level on the 0-255 scale, e.g. 25)")
+        if not self.sigma > 0:
+            raise ValueError(f"sigma {self.sigma} must be > 0 (noise level on the 0-255 scale, e.g. 25); with no "
+                             f"noise there is nothing to remove")
         for name in ("patch_size", "crop_size", "num_patches", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -228,7 +229,8 @@ def train_denoiser(model: nn.Module, data: PatchSplit, config: TrainConfig, indi
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         mean_loss = loss_sum / seen
-        history.append({"epoch": epoch + 1, "loss": mean_loss, "psnr": 10 * math.log10(DATA_RANGE ** 2 / mean_loss),
+        psnr = 10 * math.log10(DATA_RANGE ** 2 / mean_loss) if mean_loss > 0 else math.inf
+        history.append({"epoch": epoch + 1, "loss": mean_loss, "psnr": psnr,
                         "lr": lr, "seconds": time.perf_counter() - started})
         if checkpoint_path:
             save_checkpoint(checkpoint_path, model, optimizer, scheduler, history)

@@ -284,3 +284,12 @@ def test_relative_data_dir_stored_absolute(tmp_path, monkeypatch):
     # Another working folder, as the app and a later resume have, still finds the data.
     monkeypatch.chdir(tmp_path / "data")
     assert len(RunContext(Workspace(tmp_path / "ws"), store, run_id).splits.train) > 0
+
+
+def test_denoise_zero_sigma_rejected(tmp_path, capsys):
+    code = main(["run", "--workspace", str(tmp_path), "--task", "denoise", "--sigma", "0", "--epochs", "1", "--quiet"])
+    err = capsys.readouterr().err
+
+    assert code == 2
+    assert "sigma 0.0 must be > 0" in err
+    assert list(tmp_path.glob("runs/*")) == []

@@ -357,8 +357,8 @@ def load_denoising_splits(folders: DenoisingFolders, seed: int = 0, sigma: float
     180x180 crops, 128 x 1,600 patches). The fingerprint covers the clean images, the patch positions, the noise level and
     the seed, so a changed file or setting is detected when a run resumes.
     """
-    if sigma < 0:
-        raise ValueError(f"noise level sigma {sigma} must be >= 0 (on the 0-255 scale, e.g. 25)")
+    if not sigma > 0:
+        raise ValueError(f"noise level sigma {sigma} must be > 0 (on the 0-255 scale, e.g. 25)")
     if patch_size < 1 or crop_size < patch_size:
         raise ValueError(f"need 1 <= patch_size <= crop_size, got patch_size {patch_size} and crop_size {crop_size}")
 
