@@ -75,14 +75,16 @@ class DropRule:
             raise ValueError(f"unknown drop rule {self.name!r}; choose one of {RULES}")
         if not 0.0 < self.class_cap <= 1.0:
             raise ValueError(f"class_cap {self.class_cap} must be in (0, 1]")
-        if self.name in ("top_k",) and (self.value is None or self.value < 0):
-            raise ValueError(f"top_k needs a count >= 0, got {self.value}")
+        if self.name in ("top_k",) and (self.value is None or self.value < 0 or self.value != int(self.value)):
+            raise ValueError(f"top_k needs a whole count >= 0, got {self.value}; for a share of the data use "
+                             f"top_fraction")
         if self.name in ("top_fraction", "validated") and self.value is not None and not 0 <= self.value <= 1:
             raise ValueError(f"{self.name} needs a share in [0, 1], got {self.value}")
         if self.name == "threshold" and self.value is None:
             raise ValueError("threshold needs a value: samples with influence above it are dropped")
         if self.alpha is not None and not 0 < self.alpha < 1:
-            raise ValueError(f"alpha {self.alpha} must be in (0, 1), e.g. 0.05, or None for no test")
+            raise ValueError(f"alpha {self.alpha} must be in (0, 1), e.g. 0.05; to skip the permutation test "
+                             f"give None (on the command line, --drop-alpha 0)")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workspace(resume)
     resume.add_argument("--run", "--run-id", dest="run", required=True,
                         help="run id (spell it --run-id under torchrun, whose own --run-path makes --run ambiguous)")
+    resume.add_argument("--quiet", action="store_true", help="no progress bar")
 
     score = commands.add_parser("score", help="score a finished round-1 model again from scratch",
                                 description="Delete a run's scores and solved directions, compute them again and "
@@ -289,6 +290,11 @@ def _denoise_preset(args, settings: dict):
         if args.task == "denoise":
             raise SystemExit(f"curator run: preset {preset} is a classification recipe; drop --preset or choose "
                              f"dncnn-denoise or {DENOISE_PRESET} for --task denoise")
+        given = [flag for flag, value in (("--sigma", args.sigma), ("--train-dir", args.train_dir),
+                                          ("--val-dir", args.val_dir), ("--test-dir", args.test_dir))
+                 if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply only to denoising; add --task denoise or leave them out")
         return None
     flags = {"sigma": args.sigma, "train_dir": args.train_dir, "val_dir": args.val_dir, "test_dir": args.test_dir}
     settings["dataset_options"] = {**base.get("dataset_options", {}), **settings.get("dataset_options", {}),
@@ -459,7 +465,7 @@ def _command_resume(args) -> int:
         if _is_main_rank():
             print(f"run {args.run} has already finished (status {status}); nothing to resume")
         return 0
-    _run_job(workspace, store, args.run, stages, quiet=False)
+    _run_job(workspace, store, args.run, stages, quiet=args.quiet)
     if _is_main_rank():
         _print_summary(run_results(store, workspace, args.run))
     return 0
@@ -493,6 +499,7 @@ def _resolve_run(store, run_id):
     run_id = run_id or runs.latest_run_id(store)
     if run_id is None:
         raise SystemExit("no runs in this workspace yet; start one with `curator run`")
+    runs.get_run(store, run_id)  # raises RunNotFoundError, naming the id and how to list runs
     return run_id
 
 

@@ -88,6 +88,9 @@ class RunConfig:
         DropRule.from_dict(self.drop_rule)
         if self.noise_pairs:
             self.noise_pairs = [list(pair) for pair in parse_noise_pairs(self.noise_pairs)]
+            if self.label_noise == 0:
+                raise ValueError(f"noise pairs {self.noise_pairs} flip labels only with a label noise rate above "
+                                 f"0; add --label-noise, e.g. 0.1, or leave out --noise-pairs")
         if self.max_train_samples is not None and self.max_train_samples < 2:
             raise ValueError(f"max_train_samples must be at least 2, and at least one per class, got {self.max_train_samples}")
         if self.lr_schedule not in ("multistep", "plateau"):

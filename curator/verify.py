@@ -62,6 +62,8 @@ def run_verification(workspace: Workspace, store: Store, run_id: str, k: int = 1
     """
     if mode not in MODES:
         raise ValueError(f"unknown verification mode {mode!r}; choose one of {MODES}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}; the check retrains 3k + 2 times, so k 10 costs 32")
     ctx = RunContext(workspace, store, run_id, progress)
     if ctx.config.task != "classification":
         raise ValueError(f"leave-one-out verification retrains classifiers, and run {run_id} is a "

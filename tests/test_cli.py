@@ -216,9 +216,19 @@ def test_results_unwritable_workspace_read_only(open_tmp, deny_writes, capsys):
     assert "damaged" not in captured.err
 
 
+def _store_with_run(folder) -> Store:
+    """Return the store of a workspace in ``folder`` that holds one run record, ``run-1``."""
+    from curator import runs
+    from curator.config import RunConfig
+
+    store = Store(Workspace(folder))
+    runs.insert_run(store, "run-1", RunConfig(), "fingerprint")
+    return store
+
+
 @pytest.mark.parametrize("format_option", [["--format", "csv"], []])
 def test_export_to_folder_named(tmp_path, capsys, format_option):
-    Store(Workspace(tmp_path))
+    _store_with_run(tmp_path)
     target = tmp_path / "exports"
     target.mkdir()
     code = main(["export", "--workspace", str(tmp_path), "--run", "run-1", "--output", str(target), *format_option])
@@ -231,7 +241,7 @@ def test_export_to_folder_named(tmp_path, capsys, format_option):
 
 
 def test_export_under_file_named(tmp_path, capsys):
-    Store(Workspace(tmp_path))
+    _store_with_run(tmp_path)
     blocker = tmp_path / "afile"
     blocker.write_text("kept")
     code = main(["export", "--workspace", str(tmp_path), "--run", "run-1", "--output", str(blocker / "x.csv")])
@@ -245,7 +255,7 @@ def test_export_under_file_named(tmp_path, capsys):
 def test_export_failed_write_keeps_old_file(tmp_path, capsys):
     import pandas as pd
 
-    store = Store(Workspace(tmp_path))
+    store = _store_with_run(tmp_path)
     drop_set = tmp_path / "drop_set.parquet"
     pd.DataFrame({"index": [1, 0], "sample_id": ["b", "a"], "label": [0, 1], "influence": [0.5, -0.5],
                   "decision": ["drop", "keep"], "true_label": [None, None]}).to_parquet(drop_set)
@@ -293,3 +303,26 @@ def test_denoise_zero_sigma_rejected(tmp_path, capsys):
     assert code == 2
     assert "sigma 0.0 must be > 0" in err
     assert list(tmp_path.glob("runs/*")) == []
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--noise-pairs", "3:5"], "noise pairs [[3, 5]] flip labels only with a label noise rate above 0"),
+    (["--drop-rule", "top_k", "--drop-value", "0.5"], "top_k needs a whole count >= 0, got 0.5"),
+    (["--drop-alpha", "2"], "(on the command line, --drop-alpha 0)"),
+    (["--sigma", "5"], "--sigma apply only to denoising; add --task denoise"),
+])
+def test_run_option_conflicts_named(tmp_path, capsys, options, message):
+    code = main(["run", "--workspace", str(tmp_path), "--epochs", "1", "--quiet", *options])
+    err = capsys.readouterr().err
+
+    assert code != 0
+    assert message in err
+    assert list(tmp_path.glob("runs/*")) == []
+
+
+def test_export_unknown_run_named(tmp_path, capsys):
+    Store(Workspace(tmp_path))
+    code = main(["export", "--workspace", str(tmp_path), "--run", "nosuch", "--output", str(tmp_path / "a.csv")])
+
+    assert code == 2
+    assert "run 'nosuch' not found" in capsys.readouterr().err
