@@ -443,3 +443,66 @@ def test_run_reads_a_damaged_folder_once(tmp_path, caplog):
     # `curator run` creates the run and trains it in one process: one load, one warning per skip.
     skips = [record.getMessage() for record in caplog.records if "skipped train/bee/notes.png" in record.getMessage()]
     assert len(skips) == 1, skips
+
+
+@pytest.mark.parametrize("labels", [np.array(["a", "b", "c", "d"]), np.array([b"a", b"b", b"c", b"d"])])
+def test_npz_text_labels_point_to_class_names(tmp_path, labels):
+    images, numbers = labelled_images(40, 4, size=8)
+    np.savez(tmp_path / "d.npz", x=images, y=labels[numbers])
+
+    with pytest.raises(DatasetError, match=r"y in .*d\.npz has dtype .*class_names array") as raised:
+        load_dataset("npz", seed=0, data_dir=str(tmp_path / "d.npz"))
+
+    assert f"has dtype {labels.dtype} " in str(raised.value)
+
+
+@pytest.mark.parametrize("labels, expected", [
+    (np.where(np.arange(40) == 5, np.nan, np.arange(40) % 4), r"label nan at y\[5\] in .*not a whole number"),
+    (np.arange(40) % 4 - 4, r"label -4 at y\[0\] in .* is negative \(40 negative label\(s\)\)"),
+    (np.arange(40) % 4 - 1, r"label -1 at y\[0\] in .* is negative \(10 negative label\(s\)\)"),
+])
+def test_npz_bad_label_values_named(tmp_path, labels, expected):
+    np.savez(tmp_path / "d.npz", x=np.zeros((40, 4, 4), np.uint8), y=labels)
+
+    with pytest.raises(DatasetError, match=expected):
+        load_dataset("npz", seed=0, data_dir=str(tmp_path / "d.npz"))
+
+
+def test_npz_object_labels_named(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 4, 4), np.uint8), y=np.array([{}, 1, 2, 3], dtype=object))
+
+    with pytest.raises(DatasetError, match=r"y in .*d\.npz cannot be loaded .*save it as a numeric array"):
+        load_dataset("npz", seed=0, data_dir=str(tmp_path / "d.npz"))
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"val_fraction": 1.5}, r"dataset 'npz': val_fraction must be above 0 and below 1, got 1\.5"),
+    ({"test_fraction": 0.6, "val_fraction": 0.5}, r"dataset 'npz': test_fraction 0\.6 and val_fraction 0\.5 add up"),
+])
+def test_npz_rejects_bad_fractions(tmp_path, options, expected):
+    images, labels = labelled_images(40, 4, size=8)
+    np.savez(tmp_path / "d.npz", x=images, y=labels)
+
+    with pytest.raises(DatasetError, match=expected):
+        load_dataset("npz", seed=0, data_dir=str(tmp_path / "d.npz"), **options)
+
+
+def test_cifar_rejects_fraction_above_one(cifar_dir):
+    with pytest.raises(DatasetError, match=r"dataset 'cifar10': val_fraction must be above 0 and below 1, got 2"):
+        load_dataset("cifar10", seed=0, data_dir=cifar_dir[0], val_fraction=2)
+
+
+@pytest.mark.parametrize("option, expected", [
+    ("image_size=abc", "image_size must be a positive whole number or [height, width], got 'abc'"),
+    ("val_fraction=1.5", "val_fraction must be above 0 and below 1, got 1.5"),
+])
+def test_cli_names_bad_image_option(tmp_path, capsys, option, expected):
+    write_image_tree(str(tmp_path / "tree"), {"train": {"ant": 6, "bee": 6}})
+    code = main(["run", "--workspace", str(tmp_path / "ws"), "--dataset", "imagefolder", "--data-dir",
+                 str(tmp_path / "tree"), "--data-option", option, *TINY_RUN])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err
+    assert "invalid literal" not in err
+    assert "Traceback" not in err

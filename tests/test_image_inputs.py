@@ -306,3 +306,97 @@ def test_stat_fingerprint_notices_rewrite(tmp_path):
 
     assert method == "stat"
     assert fingerprint_files(str(tmp_path), ["a.bin"], content_limit=0)[0] != before
+
+
+def test_symlink_loop_listed_once(tmp_path, caplog):
+    write_image_tree(str(tmp_path), {"train": {"cat": 4, "dog": 4}, "test": {"cat": 2, "dog": 2}})
+    os.symlink(tmp_path / "train", tmp_path / "train" / "dog" / "loop")
+    caplog.set_level(logging.WARNING, logger="core.datasets")
+    splits = load_dataset("imagefolder", seed=0, data_dir=str(tmp_path), val_fraction=0.25)
+    ids = splits.train.sample_ids + splits.val.sample_ids + splits.test.sample_ids
+    warnings = [record.getMessage() for record in caplog.records if "train/dog/loop" in record.getMessage()]
+
+    assert len(ids) == 12
+    assert len(set(ids)) == 12
+    assert not [sample for sample in ids if "loop" in sample]
+    assert sorted(splits.test.sample_ids) == [f"test/{name}/{i}.png" for name in ("cat", "dog") for i in range(2)]
+    assert splits.info["skipped_folders"] == [{"path": "train/dog/loop", "target": str((tmp_path / "train").resolve())}]
+    assert len(warnings) == 1
+
+
+def test_linked_folders_followed_once(tmp_path):
+    write_image_tree(str(tmp_path / "data"), {"train": {"cat": 3}})
+    write_image_tree(str(tmp_path / "elsewhere"), {"dogs": {"dog": 3}, "cats": {"cat": 2}})
+    train = tmp_path / "data" / "train"
+    os.symlink(tmp_path / "elsewhere" / "dogs" / "dog", train / "dog")
+    os.symlink(tmp_path / "elsewhere" / "cats" / "cat", train / "cat" / "more")
+    os.symlink(tmp_path / "elsewhere" / "cats" / "cat", train / "cat" / "more_again")
+    os.symlink(tmp_path / "elsewhere" / "dogs" / "dog" / "0.png", train / "cat" / "linked.png")
+    splits = load_dataset("imagefolder", seed=0, data_dir=str(tmp_path / "data"), val_fraction=0.2,
+                          test_fraction=0.2)
+    labels = {}
+    for split in (splits.train, splits.val, splits.test):
+        labels.update({sample: splits.class_names[label] for sample, label in zip(split.sample_ids, split.labels)})
+
+    assert labels == {"train/cat/0.png": "cat", "train/cat/1.png": "cat", "train/cat/2.png": "cat",
+                      "train/cat/linked.png": "cat", "train/cat/more/0.png": "cat", "train/cat/more/1.png": "cat",
+                      "train/dog/0.png": "dog", "train/dog/1.png": "dog", "train/dog/2.png": "dog"}
+    assert [entry["path"] for entry in splits.info["skipped_folders"]] == ["train/cat/more_again"]
+
+
+@pytest.mark.parametrize("link, target", [("test/dog/copied", "train/dog"), ("test/dog", "train/dog")])
+def test_link_to_training_folder_skipped_in_test(tmp_path, link, target):
+    write_image_tree(str(tmp_path), {"train": {"cat": 4, "dog": 4}, "test": {"cat": 2, "dog": 2}})
+    if link == "test/dog":
+        for name in os.listdir(tmp_path / "test" / "dog"):
+            os.remove(tmp_path / "test" / "dog" / name)
+        os.rmdir(tmp_path / "test" / "dog")
+    os.symlink(tmp_path / target, tmp_path / link)
+    splits = load_dataset("imagefolder", seed=0, data_dir=str(tmp_path), val_fraction=0.25)
+    expected_test = [f"test/cat/{i}.png" for i in range(2)] + ([f"test/dog/{i}.png" for i in range(2)]
+                                                               if link != "test/dog" else [])
+
+    assert sorted(splits.test.sample_ids) == expected_test
+    assert [entry["path"] for entry in splits.info["skipped_folders"]] == [link]
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"val_fraction": 1.5}, r"val_fraction must be above 0 and below 1, got 1\.5"),
+    ({"test_fraction": -0.1}, r"test_fraction must be above 0 and below 1, got -0\.1"),
+    ({"val_fraction": "abc"}, r"val_fraction must be a number above 0 and below 1, got 'abc'"),
+    ({"val_fraction": 0.5, "test_fraction": 0.6}, r"test_fraction 0\.6 and val_fraction 0\.5 add up to 1\.1"),
+    ({"val_fraction": 0.5, "test_fraction": 0.5}, r"add up to 1, which leaves training 25% of the samples"),
+])
+def test_image_folder_rejects_bad_fractions(tmp_path, options, expected):
+    write_image_tree(str(tmp_path), {"train": {"ant": 6, "bee": 6}})
+
+    with pytest.raises(DatasetError, match=expected):
+        load_dataset("imagefolder", seed=0, data_dir=str(tmp_path), **options)
+
+
+def test_declared_splits_skip_fraction_sum(tmp_path):
+    write_image_tree(str(tmp_path), {"train": {"ant": 6, "bee": 6}, "val": {"ant": 1, "bee": 1},
+                                     "test": {"ant": 1, "bee": 1}})
+    splits = load_dataset("imagefolder", seed=0, data_dir=str(tmp_path), val_fraction=0.6, test_fraction=0.6)
+
+    assert len(splits.train) == 12
+    with pytest.raises(DatasetError, match=r"val_fraction must be above 0 and below 1, got 1\.5"):
+        load_dataset("imagefolder", seed=0, data_dir=str(tmp_path), val_fraction=1.5)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("image_size", "abc"), ("image_size", [16, "x"]), ("image_size", 0), ("resize", "abc"), ("memory_limit", "abc"),
+])
+def test_image_options_name_bad_value(tmp_path, option, value):
+    write_image_tree(str(tmp_path), {"train": {"ant": 6, "bee": 6}})
+    expected = rf"dataset 'imagefolder': {option} must be .* got {value!r}".replace("[", r"\[")
+
+    with pytest.raises(ValueError, match=expected):
+        load_dataset("imagefolder", seed=0, data_dir=str(tmp_path), **{option: value})
+
+
+def test_csv_rejects_fractions_out_of_range(tmp_path):
+    write_csv_dataset(str(tmp_path), [(f"{i}.png", "xy"[i % 2], None) for i in range(12)])
+
+    with pytest.raises(DatasetError, match=r"dataset 'csv': test_fraction must be above 0 and below 1, got 1"):
+        load_dataset("csv", seed=0, data_dir=str(tmp_path), test_fraction=1)

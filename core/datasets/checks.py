@@ -1,6 +1,6 @@
 """Checks every loader runs before a dataset is used, with errors that name the value and the fix."""
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -39,18 +39,34 @@ def check_label_values(labels: np.ndarray, num_classes: int, describe) -> np.nda
 
     ``describe(position)`` names a bad entry (a CSV line, an array and index) in the error.
     """
-    values = np.asarray(labels)
-    if values.dtype.kind == "f":
-        bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
-        if len(bad):
-            raise DatasetError(f"label {values[bad[0]].item()!r} at {describe(int(bad[0]))} is not a whole number; "
-                               f"labels must be class indices 0..{num_classes - 1}")
-    elif values.dtype.kind not in "iub":
-        raise DatasetError(f"labels have type {values.dtype}; expected integer class indices 0..{num_classes - 1}")
-    values = values.astype(np.int64)
-    bad = np.flatnonzero((values < 0) | (values >= num_classes))
+    values = whole_number_labels(labels, describe, num_classes)
+    negative = np.flatnonzero(values < 0)
+    if len(negative):
+        raise DatasetError(f"label {int(values[negative[0]])} at {describe(int(negative[0]))} is negative "
+                           f"({len(negative)} negative label(s)); labels are class indices counted from 0, so "
+                           f"renumber the classes as 0..C-1")
+    bad = np.flatnonzero(values >= num_classes)
     if len(bad):
         raise DatasetError(f"label {int(values[bad[0]])} at {describe(int(bad[0]))} is outside the class range "
                            f"0..{num_classes - 1} ({len(bad)} label(s) out of range); fix the label, or declare "
                            f"more classes (class_names or num_classes)")
     return values
+
+
+def whole_number_labels(labels: np.ndarray, describe, num_classes: Optional[int] = None) -> np.ndarray:
+    """Return ``labels`` as int64 after checking that they are finite whole numbers (any sign).
+
+    Integer and bool arrays pass as they are, float arrays only without fractions, NaN or
+    infinity. ``describe(position)`` names a bad entry in the error, and ``num_classes``, when
+    known, gives the expected range there.
+    """
+    values = np.asarray(labels)
+    expected = f"0..{num_classes - 1}" if num_classes is not None else "0..C-1 for C classes"
+    if values.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
+        if len(bad):
+            raise DatasetError(f"label {values[bad[0]].item()!r} at {describe(int(bad[0]))} is not a whole number; "
+                               f"labels must be class indices {expected}")
+    elif values.dtype.kind not in "iub":
+        raise DatasetError(f"labels have type {values.dtype}; expected integer class indices {expected}")
+    return values.astype(np.int64)

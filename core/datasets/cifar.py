@@ -20,7 +20,7 @@ from core.datasets.arrays import Pixels, build_array_splits
 from core.datasets.base import DatasetSplits
 from core.datasets.checks import DatasetError, DatasetNotFoundError, check_label_values
 from core.datasets.fingerprint import combine, fingerprint_files
-from core.datasets.holdout import stratified_holdout
+from core.datasets.holdout import holdout_fraction, stratified_holdout
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
@@ -113,6 +113,7 @@ def load_cifar(kind: str, seed: int = 0, data_dir=None, val_fraction: float = 0.
     Sample ids are ``cifar10-train-00042`` (position in the five training batches) and
     ``cifar10-test-00042``.
     """
+    val_fraction = holdout_fraction(kind, "val_fraction", val_fraction)
     layout = _LAYOUTS[kind]
     folder = find_folder(kind, data_dir)
     train_images, train_labels = _read_split(folder, layout["train"], layout, kind)
@@ -121,7 +122,7 @@ def load_cifar(kind: str, seed: int = 0, data_dir=None, val_fraction: float = 0.
 
     train_ids = [f"{kind}-train-{i:05d}" for i in range(len(train_labels))]
     everything = Pixels(torch.from_numpy(train_images), train_labels, train_ids)
-    kept, held = stratified_holdout(train_labels, float(val_fraction), seed)
+    kept, held = stratified_holdout(train_labels, val_fraction, seed)
     test = Pixels(torch.from_numpy(test_images), test_labels, [f"{kind}-test-{i:05d}" for i in range(len(test_labels))])
 
     files = [os.path.basename(p) for p in layout["train"] + layout["test"] + [layout["meta"]]

@@ -131,7 +131,7 @@ def load_csv_dataset(seed: int = 0, data_dir=None, csv: Optional[str] = None, cl
                           test_fraction=test_fraction, verify=verify, max_pixels=max_pixels,
                           float_range=tuple(float_range))
     if memory_limit is not None:
-        options.memory_limit = int(memory_limit)
+        options.memory_limit = memory_limit
     digest = hashlib.sha256()
     hash_file(path, digest)
     return build_file_splits("csv", os.path.dirname(path), entries, options, seed,

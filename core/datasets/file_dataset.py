@@ -15,9 +15,11 @@ Loading steps:
 """
 
 import logging
+import math
+import numbers
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -28,7 +30,7 @@ from core.datasets.base import DatasetSplits
 from core.datasets.checks import DatasetError, check_splits
 from core.datasets.files import FileSplit, decode_pool
 from core.datasets.fingerprint import combine, fingerprint_files, ids_digest, stat_files
-from core.datasets.holdout import stratified_holdout
+from core.datasets.holdout import check_fraction_sum, holdout_fraction, stratified_holdout
 from core.datasets.images import DEFAULT_MAX_PIXELS, DecodeSpec, ImageRejected, channels_of_mode, probe_image
 from core.datasets.images import read_image
 from core.datasets.scan_cache import cached_scan
@@ -87,6 +89,9 @@ def build_file_splits(name: str, root: str, entries: list, options: FileOptions,
     ``val/`` folder. A declared split is never carved from training, so an empty one is an error.
     By default a split is declared when an entry names it.
     """
+    if declared_splits is None:
+        declared_splits = {e.split for e in entries if e.split in ("val", "test")}
+    options = checked_options(name, options, declared_splits)
     entries = sorted(entries, key=lambda e: (e.split or "", e.path))
     paths = [e.path for e in entries]
     stats = stat_files(root, paths)
@@ -95,8 +100,6 @@ def build_file_splits(name: str, root: str, entries: list, options: FileOptions,
     listed = sorted(set(listed_classes or []) | {e.label for e in entries if e.split in (None, "train")})
     classes = _training_classes(name, listed, chosen, class_names)
     labels = np.array([classes.index(e.label) for e in chosen], dtype=np.int64)
-    if declared_splits is None:
-        declared_splits = {e.split for e in entries if e.split in ("val", "test")}
     parts = _assign_splits(chosen, labels, options, seed, declared_splits)
     check_splits(name, labels[parts["train"]], labels[parts["val"]], labels[parts["test"]], classes)
 
@@ -118,6 +121,54 @@ def build_file_splits(name: str, root: str, entries: list, options: FileOptions,
                                       (splits.info["mean"], splits.info["std"]))
         return splits
     return _file_backed(name, root, chosen, labels, parts, spec, classes, fingerprint, info, seed)
+
+
+def checked_options(name: str, options: FileOptions, declared_splits: set) -> FileOptions:
+    """Return ``options`` with sizes as ints and fractions as floats; raise ``ValueError`` naming a bad option.
+
+    Runs before any file is read. The fractions of the splits in ``declared_splits`` (those with
+    files of their own) are unused, but a value outside (0, 1) is still an error.
+    """
+    fractions = {option: holdout_fraction(name, option, getattr(options, option))
+                 for option in ("test_fraction", "val_fraction")}
+    carved = {option: fractions[option] for option, split in (("test_fraction", "test"), ("val_fraction", "val"))
+              if split not in declared_splits}
+    check_fraction_sum(name, carved)
+
+    resize = options.resize
+    if resize is not None and not _is_positive_whole(resize):
+        raise ValueError(f"dataset {name!r}: resize must be a positive whole number of pixels, got {resize!r}; "
+                         f"pass e.g. resize=256, or leave it unset to skip the resize")
+    memory_limit = options.memory_limit
+    if not _is_whole(memory_limit) or memory_limit < 0:
+        raise ValueError(f"dataset {name!r}: memory_limit must be a whole number of bytes (0 or more), got "
+                         f"{memory_limit!r}; pass e.g. memory_limit=2000000000, or 0 to read images from disk")
+    return replace(options, image_size=_checked_image_size(name, options.image_size),
+                   resize=None if resize is None else int(resize), memory_limit=int(memory_limit),
+                   val_fraction=fractions["val_fraction"], test_fraction=fractions["test_fraction"])
+
+
+def _checked_image_size(name: str, size) -> Optional[tuple]:
+    """Return ``image_size`` as ``(height, width)``, or None to take the most common size of the files."""
+    if size is None:
+        return None
+    sides = [size, size] if _is_number(size) else size
+    if not isinstance(sides, (list, tuple)) or len(sides) != 2 or not all(_is_positive_whole(s) for s in sides):
+        raise ValueError(f"dataset {name!r}: image_size must be a positive whole number or [height, width], got "
+                         f"{size!r}; pass e.g. image_size=224 or image_size=[224, 256]")
+    return int(sides[0]), int(sides[1])
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_whole(value) -> bool:
+    return _is_number(value) and math.isfinite(value) and int(value) == value
+
+
+def _is_positive_whole(value) -> bool:
+    return _is_whole(value) and value >= 1
 
 
 def _read_files(name: str, root: str, entries: list, stats: list, options: FileOptions) -> tuple:
@@ -192,11 +243,6 @@ def _choose_spec(headers: dict, options: FileOptions) -> DecodeSpec:
     size = options.image_size
     if size is None:
         size = Counter(shape for _, shape in headers.values()).most_common(1)[0][0]
-    elif isinstance(size, (int, np.integer)):
-        size = (int(size), int(size))
-    size = tuple(int(side) for side in size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"image_size must be a positive int or [height, width], got {options.image_size!r}")
     if options.resize is not None and options.resize < min(size):
         raise ValueError(f"resize {options.resize} must be at least the crop size {size}")
     return DecodeSpec(channels, size, options.resize, options.max_pixels, tuple(options.float_range))

@@ -5,11 +5,52 @@ fixed count per class (SVHN's 400 + 200). They never take a class's last sample 
 they hold out from, so the remaining split keeps every class it had.
 """
 
+import numbers
 from typing import Union
 
 import numpy as np
 
 from core.datasets.checks import DatasetError
+
+
+#: Split held out by each fraction option, as error messages name it.
+_FRACTION_SPLITS = {"val_fraction": "validation", "test_fraction": "test"}
+
+
+def holdout_fraction(name: str, option: str, value) -> float:
+    """Return ``value`` as a float after checking that it is a share above 0 and below 1.
+
+    ``name`` (the dataset) and ``option`` (``val_fraction`` or ``test_fraction``) name the value
+    in the ``DatasetError``.
+    """
+    split = _FRACTION_SPLITS.get(option, option)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise DatasetError(f"dataset {name!r}: {option} must be a number above 0 and below 1, got {value!r}; "
+                           f"pass a share such as {option}=0.1")
+    share = float(value)
+    if share == 0:
+        raise DatasetError(f"with {option} {value!r} the {split} split of dataset {name!r} is empty; set {option} "
+                           f"above 0 and below 1, such as 0.1")
+    if not 0 < share < 1:
+        raise DatasetError(f"dataset {name!r}: {option} must be above 0 and below 1, got {value!r}; it is the share "
+                           f"of the training samples held out for the {split} split, so pass a share such as 0.1")
+    return share
+
+
+def check_fraction_sum(name: str, fractions: dict) -> None:
+    """Raise ``DatasetError`` when the fractions held out of one training pool add up to 1 or more.
+
+    ``fractions`` maps each option (``test_fraction``, ``val_fraction``) to its share. The loaders
+    hold them out one after another, so training keeps the product of ``1 - share``. The sum is
+    checked because users read the fractions as shares of the whole.
+    """
+    total = sum(fractions.values())
+    if total < 1:
+        return
+    kept = float(np.prod([1 - share for share in fractions.values()]))
+    listed = " and ".join(f"{option} {share:g}" for option, share in fractions.items())
+    raise DatasetError(f"dataset {name!r}: {listed} add up to {total:g}, which leaves training {kept:.0%} of the "
+                       f"samples; lower them so that they add up to less than 1")
 
 
 def allocate(counts: np.ndarray, total: int) -> np.ndarray:

@@ -13,17 +13,22 @@ held out from training. Sample ids are paths relative to ``data_dir`` with ``/``
 
 A class folder without readable training images is left out of the classes with a warning (and
 listed in ``info["empty_classes"]``); a validation or test class that training lacks is an error.
+
+A linked class folder, or a link inside one, is followed once. A link that leads to a split or
+class folder of the tree (a link loop such as ``train/dog/loop -> train``), or to a folder
+already listed, is skipped with a warning and listed in ``info["skipped_folders"]``.
 """
 
 import os
 from typing import Optional
 
-from torchvision.datasets.folder import find_classes, make_dataset
+from torchvision.datasets.folder import find_classes
 
 from core.datasets.base import DatasetSplits
 from core.datasets.checks import DatasetError, DatasetNotFoundError
 from core.datasets.file_dataset import FileEntry, FileOptions, build_file_splits
-from core.datasets.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from core.datasets.folder_walk import FolderWalk
+from core.datasets.images import DEFAULT_MAX_PIXELS
 
 
 def sample_id(relative_path: str) -> str:
@@ -35,8 +40,8 @@ def sample_id(relative_path: str) -> str:
     return posix.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def scan_split(data_dir: str, folder: str, split: Optional[str]) -> tuple:
-    """Return ``(entries, class names)`` of one split folder, scanned with torchvision's class-folder scan.
+def scan_split(data_dir: str, folder: str, split: Optional[str], walk: FolderWalk) -> tuple:
+    """Return ``(entries, class names)`` of one split folder, listing its files with ``walk``.
 
     Hidden folders (names starting with ".") are not classes. Raises ``DatasetError`` when
     ``folder`` has no class folders.
@@ -48,13 +53,12 @@ def scan_split(data_dir: str, folder: str, split: Optional[str]) -> tuple:
     classes = [c for c in classes if not c.startswith(".")]
     if not classes:
         raise DatasetError(f"no class folders in {folder}; put each class's images in {folder}/<class name>/")
-    class_to_index = {name: index for index, name in enumerate(classes)}
-    found = make_dataset(folder, class_to_index, extensions=IMAGE_EXTENSIONS, allow_empty=True)
 
     entries = []
-    for path, index in found:
-        relative = os.path.relpath(path, data_dir)
-        entries.append(FileEntry(path=relative, label=classes[index], split=split, sample_id=sample_id(relative)))
+    for name in classes:
+        for path in walk.image_files(os.path.join(folder, name)):
+            relative = os.path.relpath(path, data_dir)
+            entries.append(FileEntry(path=relative, label=name, split=split, sample_id=sample_id(relative)))
     return entries, classes
 
 
@@ -85,21 +89,24 @@ def load_image_folder(seed: int = 0, data_dir=None, image_size=None, resize: Opt
     if val_is_test is None:
         val_is_test = val_folder is not None and test_folder is None
 
-    entries, train_classes = scan_split(root, train_folder, "train" if train_folder != root else None)
     roles = {}
     if val_folder is not None:
         roles["test" if val_is_test else "val"] = val_folder
     if test_folder is not None:
         roles["test"] = test_folder
+    walk = FolderWalk(root, [train_folder, *roles.values()])
+    entries, train_classes = scan_split(root, train_folder, "train" if train_folder != root else None, walk)
     for split, folder in roles.items():
-        entries += scan_split(root, folder, split)[0]
+        entries += scan_split(root, folder, split, walk)[0]
+    walk.log_skipped("imagefolder")
 
     options = FileOptions(image_size=image_size, resize=resize, channels=channels, val_fraction=val_fraction,
                           test_fraction=test_fraction, verify=verify, max_pixels=max_pixels,
                           float_range=tuple(float_range))
     if memory_limit is not None:
-        options.memory_limit = int(memory_limit)
-    info = {"source": root, "layout": {split: os.path.relpath(folder, root) for split, folder in roles.items()}}
+        options.memory_limit = memory_limit
+    info = {"source": root, "layout": {split: os.path.relpath(folder, root) for split, folder in roles.items()},
+            "skipped_folders": walk.skipped}
     return build_file_splits("imagefolder", root, entries, options, seed, info=info, listed_classes=train_classes,
                              declared_splits=set(roles))
 

@@ -22,9 +22,9 @@ import torch
 
 from core.datasets.arrays import Pixels, build_array_splits
 from core.datasets.base import DatasetSplits
-from core.datasets.checks import DatasetError, DatasetNotFoundError, check_label_values
+from core.datasets.checks import DatasetError, DatasetNotFoundError, check_label_values, whole_number_labels
 from core.datasets.fingerprint import combine, fingerprint_files
-from core.datasets.holdout import stratified_holdout
+from core.datasets.holdout import check_fraction_sum, holdout_fraction, stratified_holdout
 
 logger = logging.getLogger(__name__)
 
@@ -105,14 +105,34 @@ def _check_finite(images: np.ndarray, key: str, path: str) -> None:
         raise DatasetError(f"{key}[{first}] in {path} contains NaN or infinity; fix or remove that image")
 
 
+def _array(archive, key: str, path: str) -> np.ndarray:
+    """Return array ``key``; an object array, which needs pickle to load, raises ``DatasetError``."""
+    try:
+        return np.asarray(archive[key])
+    except ValueError as error:
+        raise DatasetError(f"{key} in {path} cannot be loaded ({error}); save it as a numeric array, not an "
+                           f"array of Python objects") from None
+
+
+def _whole_labels(labels: np.ndarray, key: str, path: str) -> np.ndarray:
+    """Return ``labels`` as int64, raising ``DatasetError`` naming ``key`` unless they are whole numbers."""
+    if labels.dtype.kind not in "biuf":
+        raise DatasetError(f"{key} in {path} has dtype {labels.dtype} (first values {labels[:3].tolist()}); "
+                           f"labels must be whole numbers 0..C-1 for C classes. Put the class names in a "
+                           f"class_names array and their indices in {key}, e.g. with "
+                           f"class_names, {key} = numpy.unique({key}, return_inverse=True) before numpy.savez")
+    return whole_number_labels(labels, lambda i: f"{key}[{i}] in {path}")
+
+
 def _read(archive, path: str, keys: list, split: str) -> tuple:
     x_key, y_key = keys
-    images, labels = archive[x_key], np.asarray(archive[y_key])
+    images, labels = _array(archive, x_key, path), _array(archive, y_key, path)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1 or len(labels) != len(images):
         raise DatasetError(f"{y_key} in {path} has shape {labels.shape} for {len(images)} images in {x_key}; "
                            f"expected one label per image")
+    labels = _whole_labels(labels, y_key, path)
     _check_finite(images, x_key, path)
     ids = [f"{split}-{i:06d}" for i in range(len(labels))]
     return to_nchw(images, x_key, path), labels, ids
@@ -128,6 +148,8 @@ def load_npz(seed: int = 0, data_dir=None, file: Optional[str] = None, class_nam
     Sample ids are ``train-000042``, ``val-000042`` and ``test-000042`` (or ``item-000042`` for
     ``x``/``y`` files), the position in each array.
     """
+    val_fraction = holdout_fraction("npz", "val_fraction", val_fraction)
+    test_fraction = holdout_fraction("npz", "test_fraction", test_fraction)
     path = find_file(data_dir, file)
     with _open_archive(path) as archive:
         keys = set(archive.files)
@@ -140,6 +162,10 @@ def load_npz(seed: int = 0, data_dir=None, file: Optional[str] = None, class_nam
         else:
             raise DatasetError(f"{path} has arrays {sorted(keys)}; expected x_train, y_train, x_test, y_test "
                                f"(optionally x_val, y_val) or x and y")
+        carved = {option: share for option, split, share in (("test_fraction", "test", test_fraction),
+                                                               ("val_fraction", "val", val_fraction))
+                  if split not in layout}
+        check_fraction_sum("npz", carved)
         arrays = {split: _read(archive, path, pair, split) for split, pair in layout.items()}
         if class_names is None and "class_names" in keys:
             class_names = [str(name) for name in archive["class_names"].tolist()]
@@ -162,10 +188,10 @@ def _build(path, arrays, layout, class_names, num_classes, val_fraction, test_fr
 
     pool = labelled[first]
     if "test" not in labelled:
-        kept, held = stratified_holdout(pool.labels, float(test_fraction), seed + 11)
+        kept, held = stratified_holdout(pool.labels, test_fraction, seed + 11)
         labelled["test"], pool = pool.take(held), pool.take(kept)
     if "val" not in labelled:
-        kept, held = stratified_holdout(pool.labels, float(val_fraction), seed + 17)
+        kept, held = stratified_holdout(pool.labels, val_fraction, seed + 17)
         labelled["val"], pool = pool.take(held), pool.take(kept)
 
     empty = sorted(set(range(classes)) - set(np.unique(pool.labels).tolist()))
