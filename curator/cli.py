@@ -390,6 +390,11 @@ def _print_summary(results: dict) -> None:
             print(f"  flipped labels dropped: {drop['flipped_dropped']} of {drop['flipped']}")
     for round_number, error in sorted(errors.items()):
         print(f"  round {round_number} test error: {error:.4f}")
+    config = results.get("config") or {}
+    augmentation = (config.get("round1_augmentation"), config.get("round2_augmentation"))
+    if 2 in errors and augmentation[0] != augmentation[1]:
+        print(f"  round 2 also changes augmentation ({augmentation[0] or 'none'} -> {augmentation[1] or 'none'}), "
+              f"so part of the difference is not the drop; `curator experiment` retrains on all samples to separate them")
     for round_number, value in sorted(mean_test_psnr(results).items()):
         name = "noisy input" if round_number == 0 else f"round {round_number}"
         print(f"  {name} mean test PSNR: {value:.2f} dB")

@@ -326,3 +326,11 @@ def test_export_unknown_run_named(tmp_path, capsys):
 
     assert code == 2
     assert "run 'nosuch' not found" in capsys.readouterr().err
+
+
+def test_run_summary_names_augmentation_change(tmp_path, capsys):
+    _tiny_run(tmp_path, "--params", "last_layer")
+    out = capsys.readouterr().out
+
+    assert "round 2 test error" in out
+    assert "round 2 also changes augmentation (none -> translate1)" in out
