@@ -1,8 +1,8 @@
 """The exclusive lock of a job's folder, so one process at a time works on a run or an experiment.
 
-The lock is ``flock`` on ``job.lock`` in the folder. The operating system releases it when its
-holder exits, killed or not, so a crashed job never blocks a later resume, and a folder whose lock
-is free has no live job.
+The lock is ``flock`` on ``job.lock`` in the folder. The operating system releases it when the
+last process holding the open file exits, killed or not. So a killed job does not block a later
+resume, and a folder whose lock is free has no live job.
 """
 
 import contextlib
