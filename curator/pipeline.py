@@ -420,12 +420,16 @@ def clear_scores(ctx: RunContext) -> None:
 def rescore_run(workspace: Workspace, store: Store, run_id: str, progress: Optional[ProgressFn] = None) -> None:
     """Score a run's round-1 model again from scratch, and re-apply the run's drop rule to the new scores.
 
-    A person's overrides stay in force. Raises ``FileNotFoundError`` when round 1 has not finished.
+    A person's overrides stay in force. Raises ``FileNotFoundError`` when round 1 has not finished
+    and ``DatasetChangedError`` when the dataset changed, both before any score is deleted.
     """
     ctx = RunContext(workspace, store, run_id, progress)
     if not distributed.main_only((ctx.dir / "round1.pt").exists):
         raise FileNotFoundError(f"run {run_id} has no round-1 model ({ctx.dir / 'round1.pt'}); "
                                 f"finish round 1 first with `curator resume --run {run_id}`")
+    # Loading the dataset checks its fingerprint, so a changed dataset raises here, before the
+    # scores that still match the old data are deleted.
+    ctx.splits
     had_rule = distributed.main_only(lambda: decisions.current_rule(store, run_id) is not None)
     distributed.main_only(clear_scores, ctx)
     run_stages(workspace, store, run_id, ("score", "rule"), progress)

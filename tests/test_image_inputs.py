@@ -400,3 +400,24 @@ def test_csv_rejects_fractions_out_of_range(tmp_path):
 
     with pytest.raises(DatasetError, match=r"dataset 'csv': test_fraction must be above 0 and below 1, got 1"):
         load_dataset("csv", seed=0, data_dir=str(tmp_path), test_fraction=1)
+
+
+def test_rescore_of_changed_data_keeps_scores(tmp_path):
+    from curator.pipeline import rescore_run, run_stages
+
+    write_image_tree(str(tmp_path / "data"), {"train": {"ant": 8, "bee": 8}}, size=8)
+    workspace = Workspace(tmp_path / "workspace")
+    store = Store(workspace)
+    config = RunConfig(dataset="imagefolder", data_dir=str(tmp_path / "data"), model="logreg", epochs=1,
+                       params="last_layer", dataset_options={"val_fraction": 0.25, "test_fraction": 0.25})
+    run_id = create_run(workspace, store, config)
+    run_stages(workspace, store, run_id, ("round1", "score", "rule"))
+    chunks = sorted(path.name for path in workspace.scores_dir(run_id).glob("*.parquet"))
+
+    (tmp_path / "data" / "train" / "ant" / "0.png").unlink()
+    with pytest.raises(DatasetChangedError, match="changed on disk"):
+        rescore_run(workspace, store, run_id)
+
+    assert (workspace.run_dir(run_id) / "scores.done").exists()
+    assert sorted(path.name for path in workspace.scores_dir(run_id).glob("*.parquet")) == chunks
+    assert chunks
