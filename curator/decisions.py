@@ -86,8 +86,26 @@ def drop_summary(store: Store, workspace: Workspace, run_id: str) -> dict:
     return {**totals, "share": share, "per_class": classes, "warnings": warnings}
 
 
-def approve(store: Store, workspace: Workspace, run_id: str) -> int:
-    """Freeze the current decisions as an approved drop set (a Parquet file) and return its id."""
+class StaleDecisionsError(RuntimeError):
+    """The run's decisions changed after the caller showed them, so an approval would freeze unseen ones."""
+
+
+def decisions_version(store: Store, run_id: str) -> int:
+    """Return the newest decision or rule event id of the run (0 before any), which every change raises."""
+    frame = store.query("SELECT max(event_id) AS newest FROM (SELECT event_id FROM decisions WHERE run_id = ? "
+                        "UNION ALL SELECT event_id FROM rules WHERE run_id = ?)", [run_id, run_id])
+    newest = frame.iloc[0]["newest"]
+    return 0 if newest is None or newest != newest else int(newest)
+
+
+def approve(store: Store, workspace: Workspace, run_id: str, expected_version: Optional[int] = None) -> int:
+    """Freeze the current decisions as an approved drop set (a Parquet file) and return its id.
+
+    With ``expected_version`` (a ``decisions_version`` the caller showed), raises
+    ``StaleDecisionsError`` instead when a rule change or override has happened since, for
+    example in another browser tab.
+    """
+    _check_version(store, run_id, expected_version)
     frame = queries.samples(store, workspace, run_id)
     frame = frame[["index", "sample_id", "label", "true_label", "influence", "predicted_val_change",
                    "decision", "source"]]
@@ -99,6 +117,7 @@ def approve(store: Store, workspace: Workspace, run_id: str) -> int:
     tmp = Path(f"{path}.tmp")
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)
+    _check_version(store, run_id, expected_version)
     with store.connect() as connection:
         approval_id = connection.execute(
             "INSERT INTO approvals (run_id, rule, n_drop, n_total, path, created_at) VALUES (?, ?, ?, ?, ?, ?)"
@@ -106,6 +125,17 @@ def approve(store: Store, workspace: Workspace, run_id: str) -> int:
             [run_id, json.dumps(rule.to_dict() if rule else None), int((frame["decision"] == "drop").sum()),
              len(frame), str(path), now]).fetchone()[0]
     return int(approval_id)
+
+
+def _check_version(store: Store, run_id: str, expected_version: Optional[int]) -> None:
+    if expected_version is None:
+        return
+    current = decisions_version(store, run_id)
+    if current != expected_version:
+        raise StaleDecisionsError(
+            f"the decisions of run {run_id} changed after this page showed them (version {expected_version}, "
+            f"now {current}), for example in another browser tab; nothing was approved. Review the drop set "
+            f"as it is now, then approve again")
 
 
 def get_approval(store: Store, run_id: str, approval_id: Optional[int] = None) -> dict:

@@ -230,8 +230,13 @@ def show_verification() -> None:
                        "Points near the dotted line are samples whose removal the scores predicted well.")
 
 
-def _approve() -> None:
-    approval = decisions.get_approval(store, run_id, decisions.approve(store, workspace, run_id))
+def _approve(shown_version: int) -> None:
+    try:
+        approval_id = decisions.approve(store, workspace, run_id, expected_version=shown_version)
+    except decisions.StaleDecisionsError as error:
+        st.session_state["review_approval_error"] = str(error)
+        return
+    approval = decisions.get_approval(store, run_id, approval_id)
     st.session_state["review_approval_message"] = (
         f"Approved drop set #{approval['approval_id']}: {approval['n_drop']:,} of {approval['n_total']:,} "
         f"samples dropped. Start round 2 on Round two.")
@@ -248,10 +253,17 @@ def show_approval() -> None:
     if summary["warnings"]:
         confirmed = st.checkbox("I have read the warnings above and want to approve this drop set anyway",
                                 key=f"review_confirm_{run_id}")
-    st.button("Approve drop set", type="primary", key="approve", disabled=not confirmed, on_click=_approve)
+    # The version of the decisions drawn on this page: approving checks it, so a change made in
+    # another tab since (and any warning it brings) is never approved unseen.
+    shown_version = decisions.decisions_version(store, run_id)
+    st.button("Approve drop set", type="primary", key="approve", disabled=not confirmed, on_click=_approve,
+              args=(shown_version,))
     message = st.session_state.pop("review_approval_message", None)
     if message:
         st.success(message)
+    stale = st.session_state.pop("review_approval_error", None)
+    if stale:
+        st.error(stale)
     if latest is not None:
         st.page_link("pages/round_two.py", label="Retrain on Round two", icon=":material/replay:")
 

@@ -497,3 +497,23 @@ def test_review_missing_scores_shows_fix(app_workspace, capsys):
     assert code == 2
     assert f"curator results: error: the score files of run {run_id}" in err
     assert "Traceback" not in err
+
+
+def test_stale_tab_cannot_approve(app_workspace):
+    store, run_id, scores = make_scored_run(app_workspace)
+    first_tab = open_app("pages/review.py")
+    choose_top_k(first_tab, run_id, 10)
+    # Another tab (here a direct call) switches to the paper rule after the first tab drew its page.
+    decisions.set_rule(store, app_workspace, run_id, DropRule("paper", None, class_cap=1.0))
+
+    first_tab.button(key="approve").click().run()
+    assert_no_exception(first_tab)
+
+    assert "changed after this page showed them" in texts(first_tab.error)
+    with pytest.raises(LookupError):
+        decisions.get_approval(store, run_id)
+    # Once the page shows the current decisions and their warnings, approving freezes exactly those.
+    first_tab.checkbox(key=f"review_confirm_{run_id}").check().run()
+    first_tab.button(key="approve").click().run()
+    approval = decisions.get_approval(store, run_id)
+    assert approval["n_drop"] == int((scores["influence"] > 0).sum())
