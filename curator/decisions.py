@@ -123,7 +123,7 @@ def approve(store: Store, workspace: Workspace, run_id: str, expected_version: O
             "INSERT INTO approvals (run_id, rule, n_drop, n_total, path, created_at) VALUES (?, ?, ?, ?, ?, ?)"
             " RETURNING approval_id",
             [run_id, json.dumps(rule.to_dict() if rule else None), int((frame["decision"] == "drop").sum()),
-             len(frame), str(path), now]).fetchone()[0]
+             len(frame), str(path.relative_to(workspace.run_dir(run_id))), now]).fetchone()[0]
     return int(approval_id)
 
 
@@ -148,4 +148,32 @@ def get_approval(store: Store, run_id: str, approval_id: Optional[int] = None) -
         raise LookupError(f"run {run_id} has no approved drop set"
                           + (f" with id {approval_id}" if approval_id is not None else "")
                           + "; approve one on the Review page or with `curator run`")
-    return frame.iloc[0].to_dict()
+    approval = frame.iloc[0].to_dict()
+    approval["path"] = _approval_file(store.workspace, run_id, approval["path"])
+    return approval
+
+
+def _approval_file(workspace: Workspace, run_id: str, stored: str) -> Path:
+    """Return where an approval's file is in this workspace.
+
+    Approvals store their file relative to the run folder, so a moved or copied workspace reads its
+    own. Older approvals stored an absolute path; the file of that name in this run folder wins
+    over it, so a copy never reads the original workspace's file.
+    """
+    path = Path(stored)
+    if not path.is_absolute():
+        return workspace.run_dir(run_id) / path
+    here = workspace.run_dir(run_id) / "approvals" / path.name
+    return here if here.exists() or not path.exists() else path
+
+
+def read_approval(store: Store, run_id: str, approval_id: Optional[int] = None) -> tuple:
+    """Return ``(approval record, its drop set frame)``; the latest approval unless ``approval_id``.
+
+    Raises ``FileNotFoundError`` naming the fix when the approval's file is gone.
+    """
+    approval = get_approval(store, run_id, approval_id)
+    if not approval["path"].exists():
+        raise FileNotFoundError(f"the file of approved drop set #{approval['approval_id']} of run {run_id} is "
+                                f"missing ({approval['path']}); approve the drop set again on the Review page")
+    return approval, pd.read_parquet(approval["path"])

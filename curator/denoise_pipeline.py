@@ -242,9 +242,8 @@ def _score_patches_in_chunks(ctx: DenoiseContext, problem: InfluenceProblem, dir
 def run_denoise_round2(ctx: DenoiseContext, approval_id: Optional[int] = None) -> dict:
     """Retrain from the round-1 initial weights on the patches the approval keeps, with augmentation."""
     started = time.perf_counter()
-    approval = decisions.get_approval(ctx.store, ctx.run_id, approval_id)
+    approval, approved = decisions.read_approval(ctx.store, ctx.run_id, approval_id)
     runs.update_run(ctx.store, ctx.run_id, status="running", stage="round2")
-    approved = pd.read_parquet(approval["path"])
     kept = np.sort(approved.loc[approved["decision"] == "keep", "index"].to_numpy())
     train = ctx.splits.train
     emptied = sorted(set(train.source_names) - {train.source_names[label] for label in train.labels[kept]})

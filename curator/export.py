@@ -17,8 +17,7 @@ COLUMNS = ["index", "sample_id", "label", "influence", "decision"]
 def curated_index(store: Store, run_id: str, approval_id: Optional[int] = None) -> pd.DataFrame:
     """Return the approved set's rows: ``index`` (0-based position in the training split),
     ``sample_id``, ``label``, ``influence``, ``decision``, and ``true_label`` when labels were flipped."""
-    approval = decisions.get_approval(store, run_id, approval_id)
-    frame = pd.read_parquet(approval["path"])
+    _, frame = decisions.read_approval(store, run_id, approval_id)
     columns = list(COLUMNS)
     if frame["true_label"].notna().any():
         columns.append("true_label")

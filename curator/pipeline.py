@@ -364,8 +364,7 @@ def run_round2(ctx: RunContext, approval_id: Optional[int] = None) -> dict:
 
 def _approved_kept(ctx: RunContext, approval_id: Optional[int]) -> tuple:
     """Return the approval record and the sorted training positions it keeps."""
-    approval = decisions.get_approval(ctx.store, ctx.run_id, approval_id)
-    approved = pd.read_parquet(approval["path"])
+    approval, approved = decisions.read_approval(ctx.store, ctx.run_id, approval_id)
     return approval, np.sort(approved.loc[approved["decision"] == "keep", "index"].to_numpy())
 
 

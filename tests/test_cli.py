@@ -334,3 +334,34 @@ def test_run_summary_names_augmentation_change(tmp_path, capsys):
 
     assert "round 2 test error" in out
     assert "round 2 also changes augmentation (none -> translate1)" in out
+
+
+def test_moved_workspace_exports_own_approval(tmp_path, capsys):
+    import shutil
+
+    import pandas as pd
+
+    from curator import decisions
+
+    first = tmp_path / "first"
+    store = _store_with_run(first)
+    folder = Workspace(first).run_dir("run-1") / "approvals"
+    folder.mkdir()
+    pd.DataFrame({"index": [0, 1], "sample_id": ["a", "b"], "label": [1, 0], "influence": [-0.5, 0.5],
+                  "decision": ["keep", "drop"], "true_label": [None, None]}).to_parquet(folder / "approval-1.parquet")
+    # One approval as stored now (relative to the run folder), one as older versions stored it.
+    store.execute("INSERT INTO approvals (run_id, rule, n_drop, n_total, path, created_at) VALUES "
+                  "('run-1', '{}', 1, 2, 'approvals/approval-1.parquet', now()), "
+                  "('run-1', '{}', 1, 2, ?, now())", [str(folder / "approval-1.parquet")])
+    shutil.move(first, tmp_path / "second")
+    moved = Store(Workspace(tmp_path / "second", create=False))
+
+    for approval_id in moved.query("SELECT approval_id FROM approvals")["approval_id"].tolist():
+        approval, frame = decisions.read_approval(moved, "run-1", int(approval_id))
+        assert approval["path"] == tmp_path / "second" / "runs" / "run-1" / "approvals" / "approval-1.parquet"
+        assert frame["decision"].tolist() == ["keep", "drop"]
+    approval["path"].unlink()
+    code = main(["export", "--workspace", str(tmp_path / "second"), "--run", "run-1", "--output",
+                 str(tmp_path / "out.csv")])
+    assert code == 2
+    assert "the file of approved drop set" in capsys.readouterr().err
