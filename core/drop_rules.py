@@ -37,6 +37,7 @@ carry over to test error after retraining (seeds 10-14); a rule that also weighs
 gain against retraining noise may be needed.
 """
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -75,6 +76,8 @@ class DropRule:
             raise ValueError(f"unknown drop rule {self.name!r}; choose one of {RULES}")
         if not 0.0 < self.class_cap <= 1.0:
             raise ValueError(f"class_cap {self.class_cap} must be in (0, 1]")
+        if self.value is not None and not math.isfinite(self.value):
+            raise ValueError(f"{self.name} needs a finite value, got {self.value}")
         if self.name in ("top_k",) and (self.value is None or self.value < 0 or self.value != int(self.value)):
             raise ValueError(f"top_k needs a whole count >= 0, got {self.value}; for a share of the data use "
                              f"top_fraction")

@@ -191,12 +191,23 @@ def build_parser() -> argparse.ArgumentParser:
     app = commands.add_parser("app", help="start the Streamlit app",
                               description="Start the Streamlit app on 127.0.0.1 for this workspace.")
     _add_workspace(app)
-    app.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (default: 8501)")
+    app.add_argument("--port", type=_port_number, default=8501, help="port on 127.0.0.1 (default: 8501)")
     return parser
 
 
 #: Commands that run under torchrun, one process per device; the others run in one process.
 RANKED_COMMANDS = ("run", "resume", "job", "score")
+
+
+def _port_number(text: str) -> int:
+    """Parse a TCP port for argparse: a whole number from 1 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {text!r} must be a whole number from 1 to 65535, e.g. 8501")
+    return port
 
 
 def _launched_with_ranks() -> bool:

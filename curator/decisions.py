@@ -95,7 +95,7 @@ def decisions_version(store: Store, run_id: str) -> int:
     frame = store.query("SELECT max(event_id) AS newest FROM (SELECT event_id FROM decisions WHERE run_id = ? "
                         "UNION ALL SELECT event_id FROM rules WHERE run_id = ?)", [run_id, run_id])
     newest = frame.iloc[0]["newest"]
-    return 0 if newest is None or newest != newest else int(newest)
+    return 0 if pd.isna(newest) else int(newest)
 
 
 def approve(store: Store, workspace: Workspace, run_id: str, expected_version: Optional[int] = None) -> int:

@@ -69,6 +69,10 @@ def run_verification(workspace: Workspace, store: Store, run_id: str, k: int = 1
         raise ValueError(f"leave-one-out verification retrains classifiers, and run {run_id} is a "
                          f"{ctx.config.task} run; verify a classification run instead")
     scores = _read_scores(store, workspace, run_id)
+    start_file = "round1.pt" if mode == "warm" else "initial.pt"
+    if not (ctx.dir / start_file).exists():
+        raise FileNotFoundError(f"run {run_id} has no {start_file} to retrain from ({ctx.dir / start_file}); "
+                                f"finish round 1 first with `curator resume --run {run_id}`")
     splits = ctx.splits
     if len(scores) != len(splits.train):
         raise ValueError(f"run {run_id} has {len(scores)} scores for {len(splits.train)} training samples; "
@@ -79,7 +83,7 @@ def run_verification(workspace: Workspace, store: Store, run_id: str, k: int = 1
         logger.warning("round 1 trained with augmentation %r; leave-one-out retraining runs without it",
                        ctx.config.round1_augmentation)
 
-    start = ctx.load_model("round1.pt" if mode == "warm" else "initial.pt")
+    start = ctx.load_model(start_file)
     settings = retrain_settings(ctx, mode, epochs, lr)
     result = verify_influence(start, splits.train, splits.val, scores.to_numpy(), k=k, mode=mode,
                               settings=settings, seed=ctx.config.seed, device=ctx.device, progress=progress)

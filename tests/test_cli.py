@@ -365,3 +365,10 @@ def test_moved_workspace_exports_own_approval(tmp_path, capsys):
                  str(tmp_path / "out.csv")])
     assert code == 2
     assert "the file of approved drop set" in capsys.readouterr().err
+
+
+def test_app_port_out_of_range_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["app", "--port", "99999"])
+
+    assert "port '99999' must be a whole number from 1 to 65535" in capsys.readouterr().err

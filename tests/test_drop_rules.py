@@ -211,6 +211,9 @@ def test_permutation_test_level_is_near_alpha_under_the_null():
 @pytest.mark.parametrize("name, value, message", [
     ("unknown", None, "unknown drop rule"),
     ("top_k", None, "needs a whole count"),
+    ("top_k", float("inf"), "top_k needs a finite value, got inf"),
+    ("threshold", float("nan"), "threshold needs a finite value, got nan"),
+    ("threshold", float("inf"), "threshold needs a finite value, got inf"),
     ("top_k", 0.5, "needs a whole count >= 0, got 0.5; for a share of the data use top_fraction"),
     ("top_fraction", 1.5, "share in"),
     ("threshold", None, "threshold needs a value"),

@@ -217,3 +217,19 @@ def test_cli_verify_rejects_bad_retraining(scored_run, capsys, option, message):
     assert code == 2
     assert message in capsys.readouterr().err
     assert len(verify.latest_verification(store, run_id)) == before
+
+
+def test_cli_verify_without_round1_named(scored_run, capsys):
+    workspace, store, run_id = scored_run
+    model = workspace.run_dir(run_id) / "round1.pt"
+    moved = model.with_name("round1.pt.aside")
+    model.rename(moved)
+    try:
+        code = main(["verify", "--workspace", str(workspace.root), "--run", run_id, "--k", "1", "--quiet"])
+    finally:
+        moved.rename(model)
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"run {run_id} has no round1.pt to retrain from" in err
+    assert "finish round 1 first" in err
