@@ -149,6 +149,9 @@ def _convergence_diagnostics(ctx: DenoiseContext, problem: InfluenceProblem) -> 
     if decrease > LOSS_DECREASE_WARNING:
         warnings.append(f"round 1's training loss still fell {decrease:.0%} in its last epoch; influence "
                         f"assumes a minimum, so train longer")
+    if len(last) < 2:
+        warnings.append("round 1 ran a single epoch, so whether it reached a minimum cannot be judged; "
+                        "influence assumes one, so train longer")
     for message in warnings:
         logger.warning(message)
     return {"training_gradient_norm": training_gradient_norm(problem), "last_epoch_loss_decrease": decrease,

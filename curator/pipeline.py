@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 GRADIENT_NORM_WARNING = 0.05
 #: ... or when the last epoch lowered the training loss by more than this share.
 LOSS_DECREASE_WARNING = 0.10
+#: Warn when a solve ends with ``|(H + dI) s - g| / |g|`` above this. LiSSA at its default depth
+#: reached about 0.09 on the default CNN (benchmarks/README.md), where its scores agreed with a
+#: converged solve at Pearson 0.996.
+SOLVE_RESIDUAL_WARNING = 0.2
 
 
 class DatasetChangedError(RuntimeError):
@@ -231,10 +235,31 @@ def _convergence_diagnostics(ctx: RunContext, problem: InfluenceProblem) -> dict
                         f"so train longer or lower the learning rate")
     if decrease > LOSS_DECREASE_WARNING:
         warnings.append(f"round 1's training loss still fell {decrease:.0%} in its last epoch; train longer")
+    if len(last) < 2:
+        warnings.append("round 1 ran a single epoch, so whether it reached a minimum cannot be judged; "
+                        "influence assumes one, so train longer")
     for message in warnings:
         logger.warning(message)
     return {"training_gradient_norm": gradient_norm, "last_epoch_loss_decrease": decrease,
             "convergence_warnings": warnings}
+
+
+def _solve_warnings(solver: str, solves: dict) -> list:
+    """Return (and log) a warning for each solve whose relative residual is above ``SOLVE_RESIDUAL_WARNING``.
+
+    CG stops on its own tolerance and reports ``converged``; LiSSA has no tolerance on the residual,
+    so this is the only sign that its estimate is far from the solution.
+    """
+    warnings = []
+    for name, info in solves.items():
+        residual = info.get("relative_residual")
+        if residual is not None and residual > SOLVE_RESIDUAL_WARNING:
+            warnings.append(f"the {solver} solve of validation half {name} stopped at relative residual "
+                            f"{residual:.3g} (> {SOLVE_RESIDUAL_WARNING}), so its scores are rough; raise the "
+                            f"damping, give LiSSA more depth, or use --solver cg")
+    for message in warnings:
+        logger.warning(message)
+    return warnings
 
 
 def run_scoring(ctx: RunContext) -> None:
@@ -273,6 +298,7 @@ def run_scoring(ctx: RunContext) -> None:
         distributed.main_only(_save_atomic, {"a": directions[0].cpu(), "b": directions[1].cpu()}, directions_path)
         for name in ("a", "b"):
             (ctx.dir / f"solve-{name}.ckpt").unlink(missing_ok=True)
+        diagnostics["convergence_warnings"] += _solve_warnings(config.solver, solves)
         diagnostics.update({"solver": config.solver, "curvature": config.curvature, "damping": config.damping,
                             "params": config.params, "num_params": problem.num_params, "solves": solves,
                             "validation_halves": [len(half_a), len(half_b)]})

@@ -261,3 +261,15 @@ def test_denoise_run_rejects_one_validation_image(tmp_path, capsys):
     assert code == 2
     assert "at least 2" in capsys.readouterr().err
     assert runs.list_runs(Store(Workspace(tmp_path / "ws"))).empty
+
+
+def test_single_epoch_round1_warned(tmp_path):
+    write_image_folders(tmp_path / "images")
+    assert main(["run", "--workspace", str(tmp_path / "workspace"), "--data-dir", str(tmp_path / "images"),
+                 *TINY_DENOISE, "--epochs", "1", "--no-round2"]) == 0
+    store = Store(Workspace(tmp_path / "workspace"))
+    run = runs.get_run(store, runs.latest_run_id(store))
+    warnings = run["diagnostics"]["influence"]["convergence_warnings"]
+
+    assert run["config"]["epochs"] == 1
+    assert any("round 1 ran a single epoch" in message for message in warnings)

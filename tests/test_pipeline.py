@@ -165,3 +165,23 @@ def test_resume_finishes_requested_stages(tmp_path):
     metrics = queries.metrics(store, run_id)
     assert runs.get_run(store, run_id)["status"] == "done"
     assert sorted(metrics.loc[metrics["split"] == "test", "round"]) == [1, 2]
+
+
+def test_rough_lissa_solve_warned(tmp_path):
+    from curator.config import RunConfig
+    from curator.pipeline import create_run, run_stages
+
+    workspace = Workspace(tmp_path)
+    store = Store(workspace)
+    config = RunConfig(model="logreg", epochs=2, params="last_layer", solver="lissa", damping=0.001,
+                       solver_options={"depth": 2, "repeats": 1})
+    run_id = create_run(workspace, store, config)
+    run_stages(workspace, store, run_id, ("round1", "score"))
+    influence = runs.get_run(store, run_id)["diagnostics"]["influence"]
+    residuals = {name: solve["relative_residual"] for name, solve in influence["solves"].items()}
+    rough = [name for name, residual in residuals.items() if residual > 0.2]
+
+    assert rough, residuals
+    for name in rough:
+        assert any(f"the lissa solve of validation half {name} stopped at relative residual" in message
+                   for message in influence["convergence_warnings"])
