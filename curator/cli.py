@@ -43,7 +43,8 @@ def _add_run_options(parser):
                         help="train on a stratified, seeded subset of this many training samples (default: all)")
     parser.add_argument("--model", default=None, help="model name (default: small_cnn, or the preset's)")
     parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a model builder option of both rounds, value in JSON, e.g. dropout=0.2; repeatable")
+                        help="a model builder option of both rounds, value in JSON, e.g. width=32 for small_cnn or "
+                             "dropout=0.2 for densenet40; repeatable")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and the noise")
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs of each round (default: 30, or the preset's)")

@@ -181,6 +181,15 @@ def _live_status(workspace: Workspace, experiment_id: str, status: str) -> str:
     return status
 
 
+def finished_seeds(store: Store, experiment_id: str) -> list:
+    """Return the sorted seeds whose every arm has a stored test result."""
+    arms = get_experiment(store, experiment_id)["config"].arms()
+    frame = store.query("SELECT seed, count(DISTINCT arm) AS arms FROM experiment_arms WHERE experiment_id = ? "
+                        "AND split = 'test' AND arm IN (SELECT unnest(?)) GROUP BY seed ORDER BY seed",
+                        [experiment_id, arms])
+    return [int(seed) for seed, count in zip(frame["seed"], frame["arms"]) if count == len(arms)]
+
+
 def latest_experiment_id(store: Store) -> Optional[str]:
     frame = list_experiments(store)
     return None if frame.empty else frame.iloc[0]["experiment_id"]

@@ -61,13 +61,20 @@ def get_run(store: Store, run_id: str) -> dict:
     return run
 
 
+#: Runs first, newest first, then the per-seed runs of experiments (ids ``<experiment>-s<seed>``),
+#: so an experiment's many runs do not take the place of a person's latest run as the default.
+_RUN_ORDER = ("ORDER BY EXISTS (SELECT 1 FROM experiments WHERE starts_with(runs.run_id, experiment_id || '-s')), "
+              "created_at DESC, run_id DESC")
+
+
 def list_runs(store: Store):
-    return store.query("SELECT run_id, created_at, dataset, model, status, stage, error FROM runs"
-                       " ORDER BY created_at DESC, run_id DESC")
+    """Return every run: the ones started on their own, newest first, then those of experiments."""
+    return store.query(f"SELECT run_id, created_at, dataset, model, status, stage, error FROM runs {_RUN_ORDER}")
 
 
 def latest_run_id(store: Store) -> Optional[str]:
-    row = store.query("SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 1")
+    """Return the newest run that no experiment started, else the newest experiment run, else None."""
+    row = store.query(f"SELECT run_id FROM runs {_RUN_ORDER} LIMIT 1")
     return None if row.empty else row.iloc[0, 0]
 
 

@@ -79,6 +79,12 @@ def choose_experiment(frame: pd.DataFrame) -> str:
 def live_progress(experiment_id: str) -> None:
     if not experiment.job_alive(workspace, experiment_id):
         st.rerun()
+    # Redraw the whole page when a seed finishes, so its results appear while later seeds train.
+    finished = len(experiment.finished_seeds(store, experiment_id))
+    key = f"experiment_finished_seeds_{experiment_id}"
+    if st.session_state.setdefault(key, finished) != finished:
+        st.session_state[key] = finished
+        st.rerun()
     progress = read_progress(experiment.progress_path(workspace, experiment_id)) or {}
     total = progress.get("total") or 0
     fraction = min(progress.get("step", 0) / total, 1.0) if total else 0.0
@@ -145,7 +151,8 @@ def show_results(experiment_id: str) -> None:
     if rows.empty:
         st.info("Results appear here when the first seed has finished.")
         return
-    st.caption(f"Rule: {summary['drop_rule']}. Seeds finished: {summary['seeds_complete']} of {summary['seeds']}.")
+    st.caption(f"Rule: {summary['drop_rule']}. Seeds finished: {len(summary['seeds_complete'])} of "
+               f"{len(summary['seeds'])} ({', '.join(str(seed) for seed in summary['seeds_complete'])}).")
 
     st.subheader("Test error of each arm")
     percent = st.column_config.NumberColumn(format="percent")

@@ -341,3 +341,8 @@ def test_experiment_lock_rejects_second_process(tmp_path):
     # With the holder gone, the same stored status reads as interrupted.
     assert experiment.get_experiment(store, experiment_id)["status"] == "interrupted"
     assert experiment.list_experiments(store)["status"].tolist() == ["interrupted"]
+
+
+def test_finished_seeds_match_summary(stored):
+    assert experiment.finished_seeds(stored["store"], stored["id"]) == stored["summary"]["seeds_complete"]
+    assert experiment.finished_seeds(stored["store"], stored["id"]) == SEEDS

@@ -148,3 +148,17 @@ def test_workspace_under_file_rejected(tmp_path, create):
 
     assert f"workspace {blocker / 'sub'} is inside {blocker}, which is a file" in str(error.value)
     assert blocker.read_text() == "kept"
+
+
+def test_experiment_runs_listed_after_own_runs(tmp_path):
+    from curator import runs
+    from curator.config import RunConfig
+
+    store = Store(Workspace(tmp_path))
+    store.execute("INSERT INTO experiments VALUES ('exp-1', now(), now(), '{}', 'done', NULL)")
+    runs.insert_run(store, "mine", RunConfig(), "fingerprint")
+    runs.insert_run(store, "exp-1-s0", RunConfig(), "fingerprint")
+    runs.insert_run(store, "exp-1-s1", RunConfig(), "fingerprint")
+
+    assert runs.latest_run_id(store) == "mine"
+    assert runs.list_runs(store)["run_id"].tolist() == ["mine", "exp-1-s1", "exp-1-s0"]
