@@ -157,8 +157,8 @@ def _approval_file(workspace: Workspace, run_id: str, stored: str) -> Path:
     """Return where an approval's file is in this workspace.
 
     Approvals store their file relative to the run folder, so a moved or copied workspace reads its
-    own. Older approvals stored an absolute path; the file of that name in this run folder wins
-    over it, so a copy never reads the original workspace's file.
+    own. Older approvals stored an absolute path. The file of that name in this run folder is
+    preferred to it, so a copy does not read the original workspace's file.
     """
     path = Path(stored)
     if not path.is_absolute():
