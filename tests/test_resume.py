@@ -137,12 +137,14 @@ def test_killed_job_resumes_to_same_results(workspace_and_store, uninterrupted, 
 
 def test_interrupted_job_says_how_to_resume(workspace_and_store, started_jobs):
     workspace, store = workspace_and_store
-    run_id = create_run(workspace, store, RunConfig(**CONFIG))
+    # Many epochs, so that round 1 is still training when the signal arrives.
+    run_id = create_run(workspace, store, RunConfig(**{**CONFIG, "epochs": 200}))
     folder = workspace.run_dir(run_id)
 
     # Ctrl-C reaches the job as SIGINT once round 1 has checkpointed an epoch.
     pid = started_jobs.start(workspace, run_id, STAGES)
     wait_for(lambda: (folder / "round1.ckpt").exists() or (folder / "round1.pt").exists(), "an epoch checkpoint")
+    assert not (folder / "round1.pt").exists(), "round 1 finished before the signal; raise its epochs"
     os.kill(pid, signal.SIGINT)
     _, code = os.waitpid(pid, 0)
     started_jobs.running.discard(pid)
