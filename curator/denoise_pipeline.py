@@ -33,8 +33,8 @@ from core.influence import InfluenceProblem, score_samples, solve_direction, tra
 from core.progress import ProgressFn, report
 from curator import decisions, runs
 from curator.config import RunConfig
-from curator.pipeline import (STAGES, LOSS_DECREASE_WARNING, RunContext, _save_atomic,
-                              apply_default_rule, store_new_run)
+from curator.pipeline import (STAGES, RunContext, _save_atomic, apply_default_rule, last_epochs_warnings,
+                              store_new_run)
 from curator.store import Store
 from curator.workspace import Workspace
 
@@ -142,16 +142,11 @@ def image_halves(count: int, seed: int) -> tuple:
 
 
 def _convergence_diagnostics(ctx: DenoiseContext, problem: InfluenceProblem) -> dict:
-    """Record the training-gradient norm and warn when round 1's loss was still falling fast."""
-    last = ctx.record["diagnostics"].get("round1_last_epochs") or []
-    decrease = (last[0]["loss"] - last[1]["loss"]) / max(last[0]["loss"], 1e-12) if len(last) == 2 else 0.0
-    warnings = []
-    if decrease > LOSS_DECREASE_WARNING:
-        warnings.append(f"round 1's training loss still fell {decrease:.0%} in its last epoch; influence "
-                        f"assumes a minimum, so train longer")
-    if len(last) < 2:
-        warnings.append("round 1 ran a single epoch, so whether it reached a minimum cannot be judged; "
-                        "influence assumes one, so train longer")
+    """Record the training-gradient norm and warn when round 1's loss was still falling fast.
+
+    Unlike classification runs, no gradient-norm threshold is applied.
+    """
+    decrease, warnings = last_epochs_warnings(ctx.record)
     for message in warnings:
         logger.warning(message)
     return {"training_gradient_norm": training_gradient_norm(problem), "last_epoch_loss_decrease": decrease,

@@ -224,20 +224,33 @@ def validation_halves(labels: np.ndarray, seed: int) -> tuple:
     return np.sort(np.array(half_a)), np.sort(np.array(half_b))
 
 
+def last_epochs_warnings(record: dict) -> tuple:
+    """Return ``(loss decrease, warnings)`` from round 1's last two epochs stored in the run ``record``.
+
+    The warnings say when the last epoch still lowered the training loss by more than
+    ``LOSS_DECREASE_WARNING``, or when round 1 ran one epoch, so a minimum cannot be judged.
+    """
+    last = record["diagnostics"].get("round1_last_epochs") or []
+    decrease = (last[0]["loss"] - last[1]["loss"]) / max(last[0]["loss"], 1e-12) if len(last) == 2 else 0.0
+    warnings = []
+    if decrease > LOSS_DECREASE_WARNING:
+        warnings.append(f"round 1's training loss still fell {decrease:.0%} in its last epoch; influence "
+                        f"assumes a minimum, so train longer")
+    if len(last) < 2:
+        warnings.append("round 1 ran a single epoch, so whether it reached a minimum cannot be judged; "
+                        "influence assumes one, so train longer")
+    return decrease, warnings
+
+
 def _convergence_diagnostics(ctx: RunContext, problem: InfluenceProblem) -> dict:
     gradient_norm = training_gradient_norm(problem)
-    last = ctx.record["diagnostics"].get("round1_last_epochs") or []
-    decrease = (last[0]["loss"] - last[1]["loss"]) / max(last[0]["loss"], 1e-12) if len(last) == 2 else 0.0
+    decrease, epoch_warnings = last_epochs_warnings(ctx.record)
     warnings = []
     if gradient_norm > GRADIENT_NORM_WARNING:
         warnings.append(f"round 1 may not be at a minimum: the mean training-loss gradient norm is "
                         f"{gradient_norm:.3g} (> {GRADIENT_NORM_WARNING}); influence assumes a minimum, "
                         f"so train longer or lower the learning rate")
-    if decrease > LOSS_DECREASE_WARNING:
-        warnings.append(f"round 1's training loss still fell {decrease:.0%} in its last epoch; train longer")
-    if len(last) < 2:
-        warnings.append("round 1 ran a single epoch, so whether it reached a minimum cannot be judged; "
-                        "influence assumes one, so train longer")
+    warnings += epoch_warnings
     for message in warnings:
         logger.warning(message)
     return {"training_gradient_norm": gradient_norm, "last_epoch_loss_decrease": decrease,
