@@ -64,11 +64,16 @@ def parse_args():
     return parser.parse_args()
 
 
+def initial_network(config: RunConfig, splits, round_number: int) -> torch.nn.Module:
+    """Build the seed's initial network with round ``round_number``'s model options."""
+    return build_model(config.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                       image_size=tuple(splits.info["image_size"]), seed=config.seed,
+                       **config.round_model_options(round_number))
+
+
 def test_errors(config: RunConfig, splits, drop: np.ndarray, shuffle: int = 0) -> int:
     """Train the seed's initial network without ``drop`` (round-2 recipe) and return its wrong test images."""
-    model = build_model(config.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                        image_size=tuple(splits.info["image_size"]), seed=config.seed,
-                        **config.round_model_options(2))
+    model = initial_network(config, splits, 2)
     recipe = config.train_config(2)
     recipe.seed += 1000 * shuffle
     trained_on = np.flatnonzero(~drop)
@@ -79,8 +84,7 @@ def test_errors(config: RunConfig, splits, drop: np.ndarray, shuffle: int = 0) -
 
 def round1_losses(config: RunConfig, splits) -> np.ndarray:
     """Train round 1 (no augmentation) on the noisy labels and return each training sample's loss."""
-    model = build_model(config.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                        image_size=tuple(splits.info["image_size"]), seed=config.seed, **config.round_model_options(1))
+    model = initial_network(config, splits, 1)
     train(model, splits.train, config.train_config(1), device=torch.device("cpu"))
     model.eval()
     with torch.no_grad():
@@ -122,12 +126,8 @@ def measure_seed(seed: int, args, result: dict) -> dict:
     if "cleanlab" not in result:
         from cleanlab.filter import find_label_issues
 
-        def make_model():
-            return build_model(config.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                               image_size=tuple(splits.info["image_size"]), seed=config.seed,
-                               **config.round_model_options(1))
-
-        probabilities = out_of_fold_probabilities(make_model, splits.train, splits.train.labels,
+        probabilities = out_of_fold_probabilities(lambda: initial_network(config, splits, 1), splits.train,
+                                                  splits.train.labels,
                                                   config.train_config(1), 4, config.seed)
         flagged = np.asarray(find_label_issues(splits.train.labels, probabilities), dtype=bool)
         result["cleanlab_flagged"] = int(flagged.sum())

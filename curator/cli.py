@@ -298,17 +298,16 @@ def _denoise_preset(args, settings: dict):
 
     preset = args.preset or (DENOISE_PRESET if args.task == "denoise" else None)
     base = preset_settings(preset) if preset else {}
+    flags = {"sigma": args.sigma, "train_dir": args.train_dir, "val_dir": args.val_dir, "test_dir": args.test_dir}
     if base.get("task") != "denoise":
         if args.task == "denoise":
             raise SystemExit(f"curator run: preset {preset} is a classification recipe; drop --preset or choose "
                              f"dncnn-denoise or {DENOISE_PRESET} for --task denoise")
-        given = [flag for flag, value in (("--sigma", args.sigma), ("--train-dir", args.train_dir),
-                                          ("--val-dir", args.val_dir), ("--test-dir", args.test_dir))
-                 if value is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)} apply only to denoising; add --task denoise or leave them out")
+        denoise_flags = [f"--{key.replace('_', '-')}" for key, value in flags.items() if value is not None]
+        if denoise_flags:
+            raise ValueError(f"{', '.join(denoise_flags)} apply only to denoising; add --task denoise or leave "
+                             f"them out")
         return None
-    flags = {"sigma": args.sigma, "train_dir": args.train_dir, "val_dir": args.val_dir, "test_dir": args.test_dir}
     settings["dataset_options"] = {**base.get("dataset_options", {}), **settings.get("dataset_options", {}),
                                    **{key: value for key, value in flags.items() if value is not None}}
     settings["model_options"] = {**base.get("model_options", {}), **settings.get("model_options", {})}

@@ -163,8 +163,8 @@ def _approval_file(workspace: Workspace, run_id: str, stored: str) -> Path:
     path = Path(stored)
     if not path.is_absolute():
         return workspace.run_dir(run_id) / path
-    here = workspace.run_dir(run_id) / "approvals" / path.name
-    return here if here.exists() or not path.exists() else path
+    in_this_run = workspace.run_dir(run_id) / "approvals" / path.name
+    return in_this_run if in_this_run.exists() or not path.exists() else path
 
 
 def read_approval(store: Store, run_id: str, approval_id: Optional[int] = None) -> tuple:

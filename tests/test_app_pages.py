@@ -491,7 +491,7 @@ def test_review_missing_scores_shows_fix(app_workspace, capsys):
     assert f"the score files of run {run_id}" in errors
     assert f"curator score --workspace {app_workspace.root} --run {run_id}" in errors
     assert runs.get_run(store, run_id)["status"] == "scored"
-    # The command line says the same, without a traceback.
+    # The command line prints the same error, without a traceback.
     code = main(["results", "--workspace", str(app_workspace.root), "--run", run_id])
     err = capsys.readouterr().err
     assert code == 2

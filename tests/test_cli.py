@@ -217,7 +217,7 @@ def test_results_unwritable_workspace_read_only(open_tmp, deny_writes, capsys):
 
 
 def _store_with_run(folder) -> Store:
-    """Return the store of a workspace in ``folder`` that holds one run record, ``run-1``."""
+    """Return the store of a workspace in ``folder`` that contains one run record, ``run-1``."""
     from curator import runs
     from curator.config import RunConfig
 
