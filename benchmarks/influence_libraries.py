@@ -12,7 +12,7 @@ gradients and H the curvature of the MEAN training loss:
 
 - pyDVL 0.10 ``CgInfluence`` returns ``+<(H + r*I)^-1 grad L(z_test), grad L(x)>`` with H the
   Hessian of the mean training loss, so ``r = damping`` and its scores are the engine's times -1.
-  Its public ``influence_factors`` runs one CG solve per validation sample; the script times that
+  Its public ``influence_factors`` runs one CG solve per validation sample. The script times that
   route on ``--per-sample-val`` validation samples and scales the solves to all of them. The other
   pyDVL rows solve once for the summed gradient g, the linearity the engine uses, through the
   ``CgOperator`` of the fitted model's single block. pyDVL's ``gauss_newton`` mode is the empirical
@@ -168,7 +168,7 @@ def pydvl_cg(model, tensors, rhs_norm, second_order_mode="hessian"):
     from pydvl.influence.torch import CgInfluence
     from pydvl.influence.torch.util import SecondOrderMode
 
-    # One batch holds the whole training set. pyDVL 0.10 averages the batches' products with equal
+    # One batch contains the whole training set. pyDVL 0.10 averages the batches' products with equal
     # weights, because its point weighting reads the count of vectors, not the batch size. A
     # smaller last batch would count more than its share of the mean.
     train_images, train_labels = tensors["train"]
